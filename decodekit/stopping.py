@@ -1,0 +1,92 @@
+"""Per-row stopping: EOS ids, max new tokens (and the model context), stop strings, HF criteria.
+
+Token-level checks (EOS, length) run on the device on the step's tokens before they are appended:
+a row keeps the tokens up to and including its first EOS, and never more than its limit. Stop strings
+need text, so they are checked on the host, only for rows that still run and only when given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from decodekit.state import DecodeState, StepOutput
+
+__all__ = ["Stopping"]
+
+
+@dataclass
+class Stopping:
+    """Stopping rules for one generate call.
+
+    Args:
+        eos_token_ids: token ids that end a row (kept in the output, like transformers).
+        stop_strings: a row stops once its generated text contains one of them (the text keeps it).
+        criteria: extra callables ``(state) -> [rows] bool`` (e.g. adapted HF StoppingCriteria).
+    """
+
+    eos_token_ids: Sequence[int] = ()
+    stop_strings: Sequence[str] = ()
+    criteria: Sequence = ()
+    _eos: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = (self.stop_strings,)
+        for s in self.stop_strings:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+        for t in self.eos_token_ids:
+            if not isinstance(t, int) or t < 0:
+                raise ValueError(f"eos_token_id must be non-negative ints, got {t!r}")
+
+    def clip(self, state: DecodeState, out: StepOutput) -> StepOutput:
+        """Cut each row's new tokens at its first EOS and at its length limit; done rows gain none."""
+        n = out.tokens.shape[1]
+        pos = torch.arange(n, device=out.tokens.device)[None, :]  # [1, n]
+        count = torch.where(state.done, torch.zeros_like(out.count), out.count)  # [rows]
+        room = (state.limit - state.n_new).clamp_min(0)  # [rows]
+        count = torch.minimum(count, room)
+        if self.eos_token_ids:
+            if self._eos is None or self._eos.device != out.tokens.device:
+                self._eos = torch.tensor(list(self.eos_token_ids), device=out.tokens.device)
+            is_eos = torch.isin(out.tokens, self._eos) & (pos < count[:, None])  # [rows, n]
+            first = torch.where(is_eos, pos, n).min(1).values  # [rows]
+            count = torch.minimum(count, first + 1)
+            hit_eos = is_eos.any(1)
+        else:
+            hit_eos = torch.zeros_like(state.done)
+        out.count = count
+        state.extra["_hit_eos"] = hit_eos
+        return out
+
+    def update(self, state: DecodeState) -> None:
+        """After the tokens are appended: mark rows done (EOS, length, stop strings, criteria)."""
+        hit_eos = state.extra.pop("_hit_eos", torch.zeros_like(state.done))
+        at_limit = state.n_new >= state.limit
+        newly = ~state.done & (hit_eos | at_limit)
+        if self.stop_strings:
+            newly = newly | (~state.done & self._stop_string_rows(state))
+        for crit in self.criteria:
+            newly = newly | (~state.done & crit(state).to(state.done.device))
+        if bool(newly.any()):
+            for r in torch.nonzero(newly).flatten().tolist():
+                state.finish[r] = self._reason(state, r, bool(hit_eos[r]), bool(at_limit[r]))
+        state.done = state.done | newly
+
+    def _stop_string_rows(self, state: DecodeState) -> torch.Tensor:
+        hits = torch.zeros_like(state.done)
+        for r in torch.nonzero(~state.done).flatten().tolist():
+            text = state.lm.decode(state.tokens_of(r))
+            if any(s in text for s in self.stop_strings):
+                hits[r] = True
+        return hits
+
+    def _reason(self, state: DecodeState, r: int, eos: bool, limit: bool) -> str:
+        if eos:
+            return "eos"
+        if self.stop_strings and any(s in state.lm.decode(state.tokens_of(r)) for s in self.stop_strings):
+            return "stop_string"
+        return "length" if limit else "criteria"

@@ -1,0 +1,57 @@
+"""The Strategy protocol: token selection and whatever extra forward passes a decoder needs.
+
+A strategy is constructed from its frozen ``Config`` and is then stateless across calls: all
+per-decode data lives in the :class:`~decodekit.state.DecodeState`.
+
+* ``init(state) -> state``: after prefill (e.g. expand rows into beams);
+* ``step(state) -> StepOutput``: advance the cache with the pending tokens and choose the next ones
+  (each row may gain 0..n tokens);
+* ``finalize(state) -> [prompt][rank] Candidate``: assemble the returned sequences.
+
+Capability flags are class attributes: ``graph_safe`` (the step can run inside a captured CUDA
+graph), ``uses_generator`` (draws random numbers; seeded through ``state.generator``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from decodekit.config import StrategyConfig
+from decodekit.state import Candidate, DecodeState, StepOutput
+
+__all__ = ["Strategy"]
+
+
+class Strategy:
+    name: ClassVar[str] = "strategy"
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    graph_safe: ClassVar[bool] = False
+    uses_generator: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig | None = None, **options):
+        if config is not None and options:
+            raise ValueError("pass either a config object or options, not both")
+        if config is None:
+            config = self.Config.from_kwargs(self.name, options)
+        elif not isinstance(config, self.Config):
+            raise TypeError(f"{self.name} expects a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+    def init(self, state: DecodeState) -> DecodeState:
+        return state
+
+    def step(self, state: DecodeState) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finalize(self, state: DecodeState) -> list[list[Candidate]]:
+        """One candidate per row; rows map one-to-one to prompts (override for beams)."""
+        out: list[list[Candidate]] = [[] for _ in range(int(state.prompt_of_row.max()) + 1)]
+        for r in range(state.rows):
+            ids, lps = state.tokens_of(r), state.logprobs_of(r)
+            out[int(state.prompt_of_row[r])].append(
+                Candidate(state.lm.decode(ids), ids, lps, float(sum(lps)), state.finish[r] or "length")
+            )
+        return out

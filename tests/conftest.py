@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny random model for fast tests, the embedded default model for parity tests.
+
+The default model is loaded once per session (dequantising the GGUF file takes ~20 s). Set
+DECODEKIT_TEST_MODEL to a local folder holding the same weights to load it faster while developing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import decodekit
+from tests.toy import tiny_lm as _tiny_lm
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> decodekit.LM:
+    return _tiny_lm()
+
+
+@pytest.fixture(scope="session")
+def default_lm() -> decodekit.LM:
+    try:
+        return decodekit.load(os.environ.get("DECODEKIT_TEST_MODEL") or None)
+    except decodekit.ModelNotFoundError as exc:  # pragma: no cover - CI installs it
+        pytest.fail(f"the default model is required for this test: {exc}")
