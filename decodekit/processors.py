@@ -353,4 +353,4 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None) 
     probs = torch.softmax(logits.to(dtype), dim=-1)  # [rows, V]
     race = torch.empty_like(probs).exponential_(1.0, generator=generator)  # [rows, V] E ~ Exp(1)
     race = race.clamp_min(torch.finfo(dtype).tiny)  # [rows, V]
-    return torch.argmax(probs + 0 * race, dim=-1)  # [rows] long
+    return torch.argmax(probs / race, dim=-1)  # [rows] long
