@@ -138,6 +138,8 @@ def _split_prompts(prompts: Prompts) -> list:
 
 
 def _encode_one(lm: LM, item: Any, chat: bool | None, i: int) -> list[int]:
+    if isinstance(item, (list, tuple, torch.Tensor)) and len(item) == 0:
+        raise ValueError(f"prompt {i} is empty")
     if _is_ids(item):
         vocab = lm.vocab_size
         bad = [t for t in item if not 0 <= t < vocab]

@@ -149,15 +149,35 @@ class LM:
     @staticmethod
     def crop(cache, length: int) -> None:
         """Keep the first ``length`` columns of every row (in place)."""
-        cache.crop(length)
-
-    @staticmethod
-    def select_rows(cache, index: torch.Tensor) -> None:
-        """Reorder / select / repeat rows in place: row i becomes old row ``index[i]`` ([rows'] long)."""
         for layer in cache.layers:
             if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
-                layer.values = layer.values.index_select(0, index.to(layer.values.device))
+                layer.keys = layer.keys[..., :length, :]
+                layer.values = layer.values[..., :length, :]
+
+    @staticmethod
+    @torch.inference_mode()
+    def select_rows(cache, index: torch.Tensor) -> None:
+        """Reorder / select / repeat rows in place: row i becomes old row ``index[i]`` ([rows'] long).
+
+        When the number of rows stays the same (beam reordering), only the rows that change are
+        copied, in place; otherwise every layer is gathered anew.
+        """
+        moved: torch.Tensor | None = None  # [m] long: rows that change (same row count only)
+        for layer in cache.layers:
+            keys = getattr(layer, "keys", None)
+            if keys is None or not keys.numel():
+                continue
+            idx = index.to(keys.device)
+            if idx.shape[0] != keys.shape[0]:
+                layer.keys = keys.index_select(0, idx)
+                layer.values = layer.values.index_select(0, idx)
+                continue
+            if moved is None or moved.device != keys.device:
+                moved = torch.nonzero(idx != torch.arange(idx.shape[0], device=idx.device)).flatten()
+            if moved.numel():
+                src = idx[moved]  # [m]
+                layer.keys[moved] = keys[src]  # the right side is gathered first: swaps are safe
+                layer.values[moved] = layer.values[src]
 
     @staticmethod
     def copy_cache(cache):
