@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from decodekit.fast import FastCache, FastPath, unsupported_reason
 from decodekit.models import load_model
 
 __all__ = ["LM", "Forward", "Encoded", "load"]
@@ -52,14 +53,19 @@ class LM:
     Args:
         model: any transformers causal LM (``AutoModelForCausalLM``-like); put in eval mode.
         tokenizer: its tokenizer.
+        cuda_graphs: on CUDA, decode over a static KV cache with captured CUDA graphs
+            (:mod:`decodekit.fast`); ``False`` keeps the eager ``DynamicCache`` path.
 
     Attributes:
         model, tokenizer: the HF objects, untouched apart from ``model.eval()``.
         eos_token_ids: every token id that ends a sequence (tokenizer and generation config).
         max_length: the model's context length (``max_position_embeddings``), or None if unknown.
+        cuda_graphs: whether ``new_cache`` may use the fast path (settable).
+        fast: the :class:`~decodekit.fast.FastPath`, built on the first CUDA ``new_cache``; assign
+            one (e.g. ``FastPath(lm, capture=False)``) to choose its options.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, cuda_graphs: bool = True):
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
             raise TypeError(f"model must be a transformers causal LM, got {type(model).__name__}")
         if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
@@ -75,6 +81,8 @@ class LM:
         # transformers >= 5.2x names the cache argument ``cache``; older versions ``past_key_values``
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cuda_graphs = cuda_graphs
+        self.fast: FastPath | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -108,8 +116,13 @@ class LM:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ forward
-    def new_cache(self) -> DynamicCache:
-        """An empty KV cache for this model."""
+    def new_cache(self):
+        """An empty KV cache: a static :class:`~decodekit.fast.FastCache` on the fast path, else a DynamicCache."""
+        if self.cuda_graphs:
+            if self.fast is None and self.device.type == "cuda" and unsupported_reason(self) is None:
+                self.fast = FastPath(self)
+            if self.fast is not None:
+                return self.fast.new_cache()
         return DynamicCache(config=self.config)
 
     @torch.inference_mode()
@@ -127,6 +140,10 @@ class LM:
         Position ids come from the mask (``cumsum - 1``), so masked columns (padding, holes left by
         rejected or rolled-back tokens) are invisible and do not shift positions.
         """
+        if isinstance(cache, FastCache):
+            logits, last_hidden = cache.forward(input_ids, attention_mask, last_only=last_only, hidden=hidden)
+            self.forward_passes += 1
+            return Forward(logits, last_hidden)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]  # [rows, T]
         out = self.model(
             input_ids=input_ids,
@@ -144,11 +161,15 @@ class LM:
     # ------------------------------------------------------------------ cache ops
     @staticmethod
     def cache_length(cache) -> int:
+        if isinstance(cache, FastCache):
+            return cache.length
         return int(cache.get_seq_length())
 
     @staticmethod
     def crop(cache, length: int) -> None:
         """Keep the first ``length`` columns of every row (in place)."""
+        if isinstance(cache, FastCache):
+            return cache.crop(length)
         for layer in cache.layers:
             if getattr(layer, "keys", None) is not None and layer.keys.numel():
                 layer.keys = layer.keys[..., :length, :]
@@ -162,6 +183,8 @@ class LM:
         When the number of rows stays the same (beam reordering), only the rows that change are
         copied, in place; otherwise every layer is gathered anew.
         """
+        if isinstance(cache, FastCache):
+            return cache.select_rows(index)
         moved: torch.Tensor | None = None  # [m] long: rows that change (same row count only)
         for layer in cache.layers:
             keys = getattr(layer, "keys", None)
@@ -182,6 +205,8 @@ class LM:
     @staticmethod
     def copy_cache(cache):
         """An independent copy of the cache (tree search, checkpoints)."""
+        if isinstance(cache, FastCache):
+            return cache.copy()
         return copy.deepcopy(cache)
 
 
@@ -208,6 +233,7 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    cuda_graphs: bool | None = None,
 ) -> LM:
     """Load a model as an :class:`LM`. Never downloads anything.
 
@@ -218,6 +244,8 @@ def load(
         tokenizer: the tokenizer when ``model`` is an HF model object.
         device: ``"cpu"``, ``"cuda"``, ... (default: cpu).
         dtype: ``torch.float32`` (default on CPU), ``torch.bfloat16``, or their names.
+        cuda_graphs: on CUDA, use the static-cache CUDA-graph fast path (:mod:`decodekit.fast`;
+            default); ``False`` decodes eagerly over a ``DynamicCache``.
 
     Example:
         >>> import decodekit
@@ -226,15 +254,17 @@ def load(
         30
     """
     if isinstance(model, LM):
+        if cuda_graphs is not None:
+            model.cuda_graphs = cuda_graphs
         return model
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
             raise ValueError("pass the tokenizer with a model object: decodekit.load(model, tokenizer)")
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=_dtype(dtype))
-        return LM(model, tokenizer)
+        return LM(model, tokenizer, cuda_graphs=cuda_graphs is not False)
     hf_model, hf_tok = load_model(model, device=device, dtype=_dtype(dtype))
-    return LM(hf_model, hf_tok)
+    return LM(hf_model, hf_tok, cuda_graphs=cuda_graphs is not False)
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

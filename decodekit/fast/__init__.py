@@ -1,0 +1,17 @@
+"""The fast path: a static KV cache with CUDA-graph capture of the decode and verify forwards.
+
+On CUDA an :class:`~decodekit.lm.LM` hands out :class:`FastCache` objects from its
+:class:`FastPath` (``LM(..., cuda_graphs=False)`` or ``lm.cuda_graphs = False`` turns it off). Every
+strategy then runs over it unchanged: ``LM.forward`` and the cache ops dispatch to it, and forwards
+of up to ``max_graph_tokens`` new tokens replay a graph captured per batch-size bucket and width.
+
+Files: ``attention`` (4-D bias, positions, the transformers Cache adapter), ``slab`` (preallocated
+K/V per bucket, static inputs, capture and replay), ``cache`` (the handle a decode holds),
+``path`` (the per-model pool and options).
+"""
+
+from decodekit.fast.cache import FastCache
+from decodekit.fast.path import FastPath, unsupported_reason
+from decodekit.fast.slab import bucket
+
+__all__ = ["FastCache", "FastPath", "bucket", "unsupported_reason"]
