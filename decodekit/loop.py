@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from decodekit.monitors.base import ACTIONS, OK, ROLLBACK, STOP, Monitor, Verdict
+from decodekit.monitors.runner import MonitorRunner
 from decodekit.state import DecodeState, Flag, Generation, Stats
 from decodekit.stopping import Stopping
 from decodekit.strategies.base import Strategy
@@ -35,7 +36,9 @@ def run(
 ) -> Generation:
     """Decode ``prompts`` (token id lists) with ``strategy``; see :func:`decodekit.generate`."""
     t0, passes0 = time.perf_counter(), lm.forward_passes
+    runner = MonitorRunner(monitors)  # resolves the signals the monitors require, once
     state = prefill(lm, prompts, max_new_tokens, generator, user_processors)
+    state.stopping = stopping
     t_prefill = time.perf_counter() - t0
     state = strategy.init(state)
     flags: list[Flag] = []
@@ -45,8 +48,8 @@ def run(
         state.append(out)
         state.steps += 1
         stopping.update(state)
-        for monitor in monitors:
-            _act(state, monitor, monitor.observe(state, out), flags)
+        for monitor, verdict in runner.observe(state, out):  # each required signal computed once
+            _act(state, monitor, verdict, flags)
         if stream is not None:
             stream.update(state)
         if state.steps >= max_steps:
@@ -63,7 +66,7 @@ def run(
         extra={k: float(v) for k, v in state.extra.items() if k.startswith("stat_")},
     )
     stats.extra = {k[5:]: v for k, v in stats.extra.items()}
-    return Generation(strategy.name, candidates, stats, flags)
+    return Generation(strategy.name, candidates, stats, flags, runner.traces(state))
 
 
 def prefill(lm, prompts: list[list[int]], max_new_tokens: int, generator, user_processors) -> DecodeState:
@@ -104,7 +107,7 @@ def _act(state: DecodeState, monitor: Monitor, verdict: Verdict | None, flags: l
     action = verdict.action.tolist()
     for r, a in enumerate(action):
         if a != OK:
-            flags.append(Flag(int(state.prompt_of_row[r]), state.steps, name, ACTIONS[a]))
+            flags.append(Flag(int(state.prompt_of_row[r]), state.steps, name, ACTIONS[a], verdict.detail))
     stop = (verdict.action == STOP) & ~state.done
     for r in torch.nonzero(stop).flatten().tolist():
         state.finish[r] = "monitor"

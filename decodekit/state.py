@@ -19,7 +19,7 @@ import torch
 
 from decodekit.processors import History
 
-__all__ = ["DecodeState", "StepOutput", "Candidate", "Stats", "Flag", "Generation"]
+__all__ = ["DecodeState", "StepOutput", "Candidate", "Stats", "Flag", "Trace", "Generation"]
 
 
 @dataclass
@@ -30,6 +30,10 @@ class StepOutput:
     count: torch.Tensor  # [rows] long
     logprobs: torch.Tensor  # [rows, n] float32: model log-prob of each token (raw distribution)
     logits: torch.Tensor | None = None  # [rows, n, vocab] raw logits each token was chosen from
+    # [rows] long: how many of the row's first tokens the step already wrote into the cache (as the
+    # row's newest columns; a verify step writes its accepted drafts). ``append`` masks the columns of
+    # those the loop then clipped away (EOS, length), so the cache still holds all but the pending token.
+    cached: torch.Tensor | None = None
 
     @staticmethod
     def single(tokens: torch.Tensor, logits: torch.Tensor) -> "StepOutput":
@@ -59,8 +63,12 @@ class DecodeState:
     generator: torch.Generator | None
     user_processors: tuple = ()  # extra logits processors from the caller (HF adapters ...)
     pending: torch.Tensor | None = None  # [rows] long: last token of each row, not yet in the cache
+    stopping: Any = None  # the loop's Stopping rules: strategies that choose among candidates
+    #                       (beams) check them before a candidate becomes a row's token
     steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-owned data and stats
+    traces: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [rows, max_new_tokens] float32
+    # per-token signal values by generated position (monitors, strategies); rollback-safe, in the result
 
     @property
     def rows(self) -> int:
@@ -104,17 +112,27 @@ class DecodeState:
         n = out.tokens.shape[1]
         cols = self.prompt_width + self.n_new[:, None] + torch.arange(n, device=self.ids.device)  # [rows, n]
         valid = torch.arange(n, device=self.ids.device)[None, :] < out.count[:, None]  # [rows, n]
-        cols = torch.where(valid, cols, self.ids.shape[1] - 1).clamp_max(self.ids.shape[1] - 1)
-        keep = torch.where(valid, out.tokens, self.ids.gather(1, cols))
-        self.ids.scatter_(1, cols, keep)
-        lp_cols = (cols - self.prompt_width).clamp_min(0)
-        self.logprobs.scatter_(1, lp_cols, torch.where(valid, out.logprobs, self.logprobs.gather(1, lp_cols)))
-        last = out.tokens.gather(1, (out.count - 1).clamp_min(0)[:, None])[:, 0]  # [rows]
+        # clipped slots rewrite the row's new last column with its final value (no scatter collisions)
+        anchor = (self.prompt_width + self.n_new + out.count - 1)[:, None]  # [rows, 1]
+        cols = torch.where(valid, cols, anchor)
+        at = (out.count - 1).clamp_min(0)[:, None]  # [rows, 1]
+        has = out.count[:, None] > 0  # [rows, 1]
+        fill = torch.where(has, out.tokens.gather(1, at), self.ids.gather(1, anchor))  # [rows, 1]
+        self.ids.scatter_(1, cols, torch.where(valid, out.tokens, fill))
+        lp_cols, lp_anchor = (cols - self.prompt_width).clamp_min(0), (anchor - self.prompt_width).clamp_min(0)
+        lp_fill = torch.where(has, out.logprobs.gather(1, at), self.logprobs.gather(1, lp_anchor))  # [rows, 1]
+        self.logprobs.scatter_(1, lp_cols, torch.where(valid, out.logprobs, lp_fill))
+        last = out.tokens.gather(1, at)[:, 0]  # [rows]
         if self.pending is None:
             self.pending = last
         else:
             self.pending = torch.where(out.count > 0, last, self.pending)
         self.n_new = self.n_new + out.count
+        if out.cached is not None:  # cached tokens beyond the new pending one were clipped: unmask
+            drop = (out.cached - (out.count - 1).clamp_min(0)).clamp_min(0)  # [rows]
+            right = self.attention_mask.flip(-1).cumsum(-1).flip(-1)  # [rows, S] valid columns at or after
+            self.attention_mask = self.attention_mask.masked_fill(
+                (self.attention_mask > 0) & (right <= drop[:, None]), 0)
 
     def rollback(self, n: torch.Tensor) -> None:
         """Remove the last ``n[r]`` generated tokens of each row ([rows] long, clamped to n_new).
@@ -123,15 +141,18 @@ class DecodeState:
         last one, which becomes pending again: the continuation equals a fresh run from the prefix.
         """
         n = torch.minimum(n.clamp_min(0), self.n_new)
-        if self.pending is None or not bool((n > 0).any()):
+        if not bool((n > 0).any()):
             return
         # the cache holds every token but the pending one: mask the n newest columns of the row
-        # (n - 1 rolled-back tokens and the token that becomes pending again)
+        # (n - 1 rolled-back tokens and the token that becomes pending again). Inside a step, after
+        # advance(), nothing is pending: every row then re-pends its last kept token (one more column).
+        cols = n if self.pending is not None else n + 1  # [rows]
         right = self.attention_mask.flip(-1).cumsum(-1).flip(-1)  # [rows, S] valid columns at or after
-        drop = (self.attention_mask > 0) & (right <= n[:, None])
+        drop = (self.attention_mask > 0) & (right <= cols[:, None])
         self.attention_mask = self.attention_mask.masked_fill(drop, 0)
         self.n_new = self.n_new - n
-        self.pending = torch.where(n > 0, self.ids.gather(1, (self.end - 1)[:, None])[:, 0], self.pending)
+        last = self.ids.gather(1, (self.end - 1)[:, None])[:, 0]  # [rows]
+        self.pending = last if self.pending is None else torch.where(n > 0, last, self.pending)
         self.done = self.done & (n == 0)
         for r in torch.nonzero(n > 0).flatten().tolist():
             self.finish[r] = ""
@@ -153,6 +174,7 @@ class DecodeState:
             setattr(self, name, getattr(self, name).index_select(0, index))
         if self.pending is not None:
             self.pending = self.pending.index_select(0, index)
+        self.traces = {k: v.index_select(0, index) for k, v in self.traces.items()}
         self.finish = [self.finish[i] for i in index.tolist()]
 
     def tokens_of(self, row: int) -> list[int]:
@@ -183,6 +205,16 @@ class Flag:
     monitor: str
     action: str  # "flag", "stop", "rollback"
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Per-token signal values of one decoded row (monitor signals, strategy decisions)."""
+
+    prompt: int
+    row: int
+    token_ids: list[int]  # the row's new tokens
+    signals: dict[str, list[float]]  # name -> one value per new token
 
 
 @dataclass
@@ -219,6 +251,7 @@ class Generation:
     candidates: list[list[Candidate]]  # [prompt][rank]
     stats: Stats
     flags: list[Flag] = field(default_factory=list)
+    traces: list[Trace] = field(default_factory=list)  # one per decoded row, when anything was traced
 
     @property
     def texts(self) -> list[str]:
@@ -252,4 +285,5 @@ class Generation:
             "outputs": [[c.__dict__ for c in cands] for cands in self.candidates],
             "stats": self.stats.as_dict(),
             "flags": [f.__dict__ for f in self.flags],
+            "traces": [t.__dict__ for t in self.traces],
         }

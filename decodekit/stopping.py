@@ -45,14 +45,14 @@ class Stopping:
     def clip(self, state: DecodeState, out: StepOutput) -> StepOutput:
         """Cut each row's new tokens at its first EOS and at its length limit; done rows gain none."""
         n = out.tokens.shape[1]
+        if n == 1:
+            return self._clip_one(state, out)
         pos = torch.arange(n, device=out.tokens.device)[None, :]  # [1, n]
         count = torch.where(state.done, torch.zeros_like(out.count), out.count)  # [rows]
         room = (state.limit - state.n_new).clamp_min(0)  # [rows]
         count = torch.minimum(count, room)
         if self.eos_token_ids:
-            if self._eos is None or self._eos.device != out.tokens.device:
-                self._eos = torch.tensor(list(self.eos_token_ids), device=out.tokens.device)
-            is_eos = torch.isin(out.tokens, self._eos) & (pos < count[:, None])  # [rows, n]
+            is_eos = torch.isin(out.tokens, self._eos_on(out.tokens.device)) & (pos < count[:, None])  # [rows, n]
             first = torch.where(is_eos, pos, n).min(1).values  # [rows]
             count = torch.minimum(count, first + 1)
             hit_eos = is_eos.any(1)
@@ -61,6 +61,23 @@ class Stopping:
         out.count = count
         state.extra["_hit_eos"] = hit_eos
         return out
+
+    def _clip_one(self, state: DecodeState, out: StepOutput) -> StepOutput:
+        """``clip`` for steps of at most one token per row (greedy, sampling): fewer small ops, as it
+        runs once per decoded token. Same result as the general case."""
+        keep = (out.count > 0) & ~state.done & (state.n_new < state.limit)  # [rows] bool
+        out.count = keep.long()  # [rows]
+        if self.eos_token_ids:
+            eos = self._eos_on(out.tokens.device)
+            state.extra["_hit_eos"] = torch.isin(out.tokens[:, 0], eos) & keep  # [rows]
+        else:
+            state.extra["_hit_eos"] = torch.zeros_like(state.done)
+        return out
+
+    def _eos_on(self, device: torch.device) -> torch.Tensor:
+        if self._eos is None or self._eos.device != device:
+            self._eos = torch.tensor(list(self.eos_token_ids), device=device)
+        return self._eos  # [n_eos] long
 
     def update(self, state: DecodeState) -> None:
         """After the tokens are appended: mark rows done (EOS, length, stop strings, criteria)."""

@@ -91,6 +91,7 @@ COMMANDS = [
     ("decodekit.cli.generate", "generate"),
     ("decodekit.cli.compare", "compare"),
     ("decodekit.cli.calibrate", "calibrate_entropy"),
+    ("decodekit.cli.train_heads", "train_heads"),
 ]
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from decodekit.registry import STRATEGIES, config_fields
 from decodekit.strategies import greedy, sampling  # noqa: F401  (registration)
+from decodekit.strategies import beam, diverse_beam  # noqa: F401  (registration)
+from decodekit.strategies import entropy_aware, handover  # noqa: F401  (registration)
+from decodekit.strategies import speculative  # noqa: F401  (registration)
 from decodekit.strategies.base import Strategy
 
 __all__ = ["Strategy", "available", "get"]

@@ -1,0 +1,187 @@
+"""Draft-then-verify decoding: one step = propose k drafts, score them in one target pass, verify.
+
+The base of every speculative decoder (prompt lookup, draft model, self-draft, heads); subclasses
+only say where drafts come from (``make_proposer``). One step, for all rows at once:
+
+1. the proposer drafts ``d_1..d_k`` per row (rows may have fewer: ``Draft.count``);
+2. the target runs once on ``[pending, d_1..d_k]`` (``k + 1`` new cache columns per row) and gives
+   the logits at every position; the strategy's and the caller's processors are applied per
+   position with the history each position really has (row tokens + preceding drafts);
+3. greedy verification, or speculative sampling with ``do_sample=True`` (:mod:`.verify`), gives the
+   accepted count ``a`` per row and the emitted tokens ``d_1..d_a, t``;
+4. each row keeps the cache columns of ``pending, d_1..d_a`` and masks those of ``d_{a+1}..d_k``;
+   ``t`` becomes the pending token (not in the cache), as the core's state invariant demands. When
+   the loop clips the step's tokens (EOS, length), ``StepOutput.cached`` lets ``state.append`` mask
+   the columns of the clipped drafts too.
+
+Rows that accept different counts just mask different columns (BASS-style batches need no padding,
+Qian et al. 2024, arXiv:2404.15778); with greedy verification each row's output equals its greedy
+output alone. The draft length adapts per step (grow by 2 when some row accepts its whole draft,
+shrink by 1 otherwise, as BASS and transformers' heuristic schedule do).
+
+Stats (``Generation.stats.extra``): ``accepted_per_verify`` (mean accepted drafts per row-verify
+with drafts), ``acceptance_rate`` (accepted / proposed drafts), ``tokens_per_step`` (mean tokens
+a running row gains per step), ``target_forwards_per_token`` (target passes incl. prefill, per
+generated token of a row; greedy = 1), ``draft_tokens`` (the final draft length).
+
+Example:
+    >>> gen = decodekit.generate(lm, "Rewrite: ...", "prompt_lookup", max_new_tokens=64)  # doctest: +SKIP
+    >>> gen.stats.extra["accepted_per_verify"]                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from decodekit.processors import History, apply_processors, build_processors
+from decodekit.state import Candidate, DecodeState, StepOutput
+from decodekit.strategies.base import Strategy
+from decodekit.strategies.speculative.columns import crop_columns, trailing_unused
+from decodekit.strategies.speculative.config import DraftVerifyConfig
+from decodekit.strategies.speculative.proposer import Draft, DraftContext, DraftHistory, Proposer
+from decodekit.strategies.speculative.verify import Verified, greedy_verify, sample_verify
+
+__all__ = ["DraftVerify"]
+
+_RUN = "_spec_run"  # state.extra key of the per-decode counters
+
+
+class _Run:
+    """Per-decode data of a draft-verify decode: draft length and counters (host ints)."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.target_forwards = 0
+        self.accepted = 0  # accepted drafts, summed over running rows
+        self.proposed = 0  # proposed drafts, summed over running rows
+        self.verifies = 0  # (row, step) pairs where the row had drafts
+        self.row_steps = 0  # (row, step) pairs where the row was running
+
+
+class DraftVerify(Strategy):
+    """Base of the draft-then-verify strategies; subclasses implement :meth:`make_proposer`."""
+
+    Config = DraftVerifyConfig
+    graph_safe: ClassVar[bool] = False  # syncs once per step (draft length, cache trim)
+    uses_generator: ClassVar[bool] = True  # with do_sample=True
+
+    def __init__(self, config: DraftVerifyConfig | None = None, **options):
+        super().__init__(config, **options)
+        self.processors = build_processors(**self.config.processor_options())
+
+    # ------------------------------------------------------------------ extension point
+    def make_proposer(self, state: DecodeState) -> Proposer:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ protocol
+    def init(self, state: DecodeState) -> DecodeState:
+        proposer = self.make_proposer(state)
+        proposer.start(state)
+        state.extra["_spec_proposer"] = proposer
+        state.extra[_RUN] = _Run(self.config.draft_tokens)
+        return state
+
+    def step(self, state: DecodeState) -> StepOutput:
+        run: _Run = state.extra[_RUN]
+        proposer: Proposer = state.extra["_spec_proposer"]
+        ctx = DraftContext(self.config.do_sample, self._process)
+        draft = proposer.propose(state, run.k, ctx) if run.k > 0 else Draft.empty(state)
+        k = draft.tokens.shape[1]
+        active = ~state.done  # [rows]
+        hidden = bool(getattr(proposer, "needs_hidden", False))
+        logits = self._score(state, draft.tokens, active, hidden)  # [rows, k + 1, V] raw target logits
+        run.target_forwards += int(state.pending is not None or k > 0)
+        scores = self._process_block(state, logits, draft.tokens)  # [rows, k + 1, V]
+        v = self.verify(state, scores, draft)
+        accepted = torch.where(active, v.accepted, 0)  # [rows]
+        self._keep_columns(state, accepted, active, k)
+        proposer.accepted(state, draft, accepted)
+        self._account(state, run, draft.count, accepted, active)
+        logprobs = torch.log_softmax(logits, -1).gather(-1, v.tokens[..., None])[..., 0]  # [rows, k + 1]
+        state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+        return StepOutput(v.tokens, accepted + 1, logprobs, logits, cached=accepted)
+
+    def finalize(self, state: DecodeState) -> list[list[Candidate]]:
+        run: _Run = state.extra[_RUN]
+        new_tokens = max(int(state.n_new.sum()), 1)
+        state.extra.update({
+            "stat_accepted_per_verify": run.accepted / max(run.verifies, 1),
+            "stat_acceptance_rate": run.accepted / max(run.proposed, 1),
+            "stat_tokens_per_step": new_tokens / max(run.row_steps, 1),
+            "stat_target_forwards_per_token": (1 + run.target_forwards) * state.rows / new_tokens,
+            "stat_draft_tokens": run.k,
+        })
+        return super().finalize(state)
+
+    def verify(self, state: DecodeState, scores: torch.Tensor, draft: Draft) -> Verified:
+        """Greedy verification, or speculative sampling with ``do_sample=True``, of ``scores
+        [rows, k + 1, V]`` (processed target logits); subclasses may use other criteria."""
+        if self.config.do_sample:
+            return sample_verify(scores.softmax(-1), draft.tokens, draft.count, draft.probs, state.generator)
+        return greedy_verify(scores, draft.tokens, draft.count)
+
+    # ------------------------------------------------------------------ pieces
+    def _process(self, state: DecodeState, logits: torch.Tensor, history: History) -> torch.Tensor:
+        """Caller's processors then the strategy's, on ``logits [rows, V]`` with ``history``."""
+        for proc in state.user_processors:
+            logits = proc(logits, history)
+        return apply_processors(self.processors, logits, history) if self.processors else logits
+
+    def _process_block(self, state: DecodeState, logits: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+        """Processed scores ``[rows, k + 1, V]`` of ``logits [rows, k + 1, V]``: position i sees the
+        row's tokens followed by ``drafts[:, :i]`` (``[rows, k]``) as its history."""
+        if not self.processors and not state.user_processors:
+            return logits
+        history = DraftHistory(state, drafts.shape[1])
+        history.write_all(drafts)
+        return torch.stack([self._process(state, logits[:, i], history.history(i))
+                            for i in range(logits.shape[1])], 1)
+
+    @staticmethod
+    def _score(state: DecodeState, drafts: torch.Tensor, active: torch.Tensor, hidden: bool) -> torch.Tensor:
+        """One target pass over ``[pending, drafts]``; returns logits ``[rows, k + 1, V]``.
+
+        The new columns are masked for finished rows (they gain nothing). Without a pending token
+        (first step) the prefill's ``next_logits`` give position 0. With ``hidden`` the last hidden
+        states of the pass go to ``state.extra["_spec_hidden"]`` (``[rows, T, H]``, T new columns).
+        """
+        feed = drafts if state.pending is None else torch.cat([state.pending[:, None], drafts], 1)  # [rows, T]
+        if feed.shape[1] == 0:
+            return state.next_logits[:, None]  # [rows, 1, V]
+        new = active.long()[:, None].expand(-1, feed.shape[1])  # [rows, T]
+        mask = torch.cat([state.attention_mask, new], 1)  # [rows, S + T]
+        out = state.lm.forward(feed, state.cache, mask, hidden=hidden)
+        state.attention_mask = mask
+        if hidden:
+            state.extra["_spec_hidden"] = out.hidden  # [rows, T, H]
+        if state.pending is None:
+            return torch.cat([state.next_logits[:, None], out.logits], 1)  # [rows, k + 1, V]
+        return out.logits  # [rows, k + 1, V]
+
+    @staticmethod
+    def _keep_columns(state: DecodeState, accepted: torch.Tensor, active: torch.Tensor, k: int) -> None:
+        """Keep the columns of pending + the accepted drafts; mask the rejected drafts' columns."""
+        if k == 0:
+            return
+        T = k + int(state.pending is not None)  # new columns of this step
+        j = torch.arange(T, device=accepted.device)[None, :]  # [1, T]
+        keep = (j < (T - k + accepted)[:, None]) & active[:, None]  # [rows, T]
+        state.attention_mask[:, -T:] = keep.to(state.attention_mask.dtype)
+
+    def _account(self, state, run: _Run, count, accepted, active) -> None:
+        """Counters, the adaptive draft length, and cropping columns no row uses (one host sync)."""
+        has = active & (count > 0)  # [rows]
+        full = has & (accepted == count)  # [rows]
+        vals = torch.stack([accepted.sum(), torch.where(has, count, 0).sum(),
+                            has.sum(), active.sum(), full.any().long(), trailing_unused(state.attention_mask)])
+        acc, proposed, verifies, running, any_full, unused = vals.tolist()  # the step's one host sync
+        run.accepted += acc
+        run.proposed += proposed
+        run.verifies += verifies
+        run.row_steps += running
+        state.attention_mask = crop_columns(state.lm, state.cache, state.attention_mask, unused)
+        cfg = self.config
+        if cfg.adaptive and verifies:
+            run.k = min(run.k + 2, cfg.max_draft_tokens) if any_full else max(run.k - 1, 1)
