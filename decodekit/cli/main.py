@@ -104,8 +104,6 @@ def _register() -> None:
                 raise
             continue
         cli.add_command(getattr(mod, name))
-    from decodekit.cli.calibrate import calibrate_entropy
-    cli.add_command(calibrate_entropy)
 
 
 _register()

@@ -112,19 +112,23 @@ class HeadsProposer:
         n = min(k, self.heads.num_heads)
         if h is None or n == 0:
             return Draft.empty(state)
-        lm_head = state.lm.model.get_output_embeddings()
-        with torch.inference_mode():
-            logits = self.heads.logits(lm_head, h, n)  # [rows, n, V]
+        lm_head, embed = state.lm.model.get_output_embeddings(), state.lm.model.get_input_embeddings()
+        dtype = self.heads.blocks[0].linear.weight.dtype
         history = DraftHistory(state, n)
         tokens, probs = [], []
+        prev = state.pending  # [rows] the token the hidden state predicted; head 1 predicts the next
         for i in range(n):
-            scores = ctx.process(state, logits[:, i], history.history(i))  # [rows, V]
+            with torch.inference_mode():
+                x = self.heads.step(i, h.to(dtype), embed(prev).to(dtype) if self.heads.sequential else None)
+                logits = lm_head(x.to(lm_head.weight.dtype)).float()  # [rows, V]
+            scores = ctx.process(state, logits, history.history(i))  # [rows, V]
             if ctx.sample:
                 probs.append(scores.softmax(-1))
                 tokens.append(race(probs[-1], state.generator))
             else:
                 tokens.append(scores.argmax(-1))
             history.write(i, tokens[-1])
+            prev = tokens[-1]
         count = torch.full_like(state.n_new, n)  # [rows]
         return Draft(torch.stack(tokens, 1), count, torch.stack(probs, 1) if probs else None)
 

@@ -5,7 +5,9 @@ Medusa-1's recipe, Cai et al. 2024, arXiv:2401.10774: frozen base, heads trained
    are what the heads must predict at decode time.
 2. One frozen forward per sequence gives the last hidden state ``h_t`` and the model's own
    prediction ``y_t = argmax p(. | x_<=t)`` at every position. Head i at position t learns
-   ``y_{t+i}`` — exactly what greedy (exact) verification will compare its proposal with.
+   ``y_{t+i}`` — exactly what greedy (exact) verification will compare its proposal with —
+   teacher-forced with the embedding of the token ``x_{t+i}`` before it when the heads are
+   sequential (in the greedy part of a sequence ``x_{t+i} = y_{t+i-1}``).
 3. Only the heads' residual blocks train (AdamW); the LM head stays frozen. The softmax runs over the
    tokens that occur as labels or in the model's top 8 at some position (``vocab="data"``, the
    default: ~50x cheaper than the 49k-token softmax on CPU); ``vocab="full"`` uses the whole vocabulary.
@@ -32,7 +34,8 @@ __all__ = ["HeadData", "distillation_data", "train_heads", "acceptance"]
 class HeadData:
     """Training positions for the heads."""
 
-    hidden: torch.Tensor  # [N, L, H] float32: the model's last hidden state (rows right-padded)
+    ids: torch.Tensor  # [N, L] long: the sequences (prompt + greedy continuation), right-padded
+    hidden: torch.Tensor  # [N, L, H] float32: the model's last hidden state
     labels: torch.Tensor  # [N, L] long: the model's argmax next token at each position
     valid: torch.Tensor  # [N, L] bool: real positions
     vocab: torch.Tensor  # [C] long: token ids the softmax runs over
@@ -51,8 +54,10 @@ def distillation_data(lm, prompts: Sequence, *, max_new_tokens: int = 64, batch_
     hidden = torch.zeros(len(seqs), L, H)
     labels = torch.zeros(len(seqs), L, dtype=torch.long)
     valid = torch.zeros(len(seqs), L, dtype=torch.bool)
+    tokens = torch.zeros(len(seqs), L, dtype=torch.long)
     seen = []
     for r, seq in enumerate(seqs):
+        tokens[r, : len(seq)] = torch.tensor(seq)
         ids = torch.tensor([seq], device=lm.device)  # [1, n]
         out = lm.forward(ids, lm.new_cache(), torch.ones_like(ids), hidden=True)
         hidden[r, : len(seq)] = out.hidden[0].float().cpu()
@@ -60,7 +65,7 @@ def distillation_data(lm, prompts: Sequence, *, max_new_tokens: int = 64, batch_
         valid[r, : len(seq)] = True
         seen.append(out.logits[0].topk(top, -1).indices.flatten().cpu())
     vocab = torch.unique(torch.cat([labels[valid], *seen]))  # [C]
-    return HeadData(hidden, labels, valid, vocab)
+    return HeadData(tokens, hidden, labels, valid, vocab)
 
 
 def train_heads(
@@ -74,6 +79,7 @@ def train_heads(
     max_new_tokens: int = 64,
     vocab: str = "data",
     seed: int = 0,
+    sequential: bool = True,
     data: HeadData | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> BlockwiseHeads:
@@ -92,7 +98,8 @@ def train_heads(
         data = distillation_data(lm, prompts, max_new_tokens=max_new_tokens)
     device = lm.device
     torch.manual_seed(seed)
-    heads = BlockwiseHeads(lm.config.hidden_size, num_heads).to(device)
+    heads = BlockwiseHeads(lm.config.hidden_size, num_heads, sequential=sequential).to(device)
+    embed = lm.model.get_input_embeddings().weight.detach().float()  # [V, H] frozen
     weight = lm.model.get_output_embeddings().weight.detach().float()  # [V, H] frozen
     ids = data.vocab.to(device) if vocab == "data" else torch.arange(weight.shape[0], device=device)
     w = weight[ids].clone()  # [C, H]
@@ -108,9 +115,10 @@ def train_heads(
         h = data.hidden[r, t].to(device)  # [B, H]
         ahead = t[:, None] + torch.arange(1, num_heads + 1)[None, :]  # [B, n] positions t + i
         ok = (ahead < data.labels.shape[1]) & data.valid[r[:, None], ahead.clamp(max=data.labels.shape[1] - 1)]
-        target = data.labels[r[:, None], ahead.clamp(max=data.labels.shape[1] - 1)].to(device)  # [B, n]
-        target = torch.where(ok.to(device), remap[target], -100)  # [B, n], -100 = ignored
-        logits = heads(h) @ w.T  # [B, n, C]
+        labels = data.labels[r[:, None], ahead.clamp(max=data.labels.shape[1] - 1)].to(device)  # [B, n]
+        target = torch.where(ok.to(device), remap[labels], -100)  # [B, n], -100 = ignored
+        before = data.ids[r[:, None], ahead.clamp(max=data.ids.shape[1] - 1)].to(device)  # [B, n] x_{t+i}
+        logits = heads(h, embed[before] if sequential else None) @ w.T  # [B, n, C]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()

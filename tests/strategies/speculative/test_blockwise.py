@@ -56,6 +56,14 @@ def test_min_block_advances_at_least_that_many_tokens(tiny_lm):
     assert extra["tokens_per_step"] >= 2.5  # 3 per step except the warm-up step and clipped ends
 
 
+def test_independent_heads_train_too(tiny_lm):
+    heads = train_heads(tiny_lm, _ids(TRAIN), num_heads=2, steps=50, max_new_tokens=16, sequential=False)
+    assert not heads.sequential and len(heads.token_proj) == 0
+    got = decodekit.generate(tiny_lm, TRAIN[:2], "blockwise", heads=heads, draft_tokens=2, chat=False,
+                             max_new_tokens=16)
+    assert got.token_ids == decodekit.generate(tiny_lm, TRAIN[:2], "greedy", chat=False, max_new_tokens=16).token_ids
+
+
 def test_training_raises_acceptance_above_random_heads(tiny_lm, trained):
     random = acceptance(tiny_lm, BlockwiseHeads(64, 3, init="random"), _ids(HELD_OUT), max_new_tokens=30)
     after = acceptance(tiny_lm, trained, _ids(HELD_OUT), max_new_tokens=30)
@@ -68,8 +76,9 @@ def test_save_load_roundtrip_and_errors(tiny_lm, trained, tmp_path):
     save_heads(trained, path, {"model": "tiny"})
     heads, meta = load_heads(path)
     assert meta["num_heads"] == 3 and meta["model"] == "tiny"
-    h = torch.randn(2, 64)
-    torch.testing.assert_close(heads(h), trained(h).detach())
+    h, prev = torch.randn(2, 64), torch.randn(2, 3, 64)
+    assert heads.sequential
+    torch.testing.assert_close(heads(h, prev), trained(h, prev).detach())
     gen = decodekit.generate(tiny_lm, "abcabc", "blockwise", heads=str(path), draft_tokens=3, chat=False,
                              max_new_tokens=10)
     assert len(gen.token_ids[0]) == 10
