@@ -13,6 +13,9 @@ Cases (batch 1 runs each prompt alone; batch 4 runs the prompts in batches of 4)
   hf_greedy    transformers generate(do_sample=False) (batch 1, reference; --no-hf-greedy skips it)
   greedy_b4    decodekit greedy                      (batch 4)
   pl_b4        decodekit prompt_lookup               (batch 4)
+  bw           decodekit blockwise with trained heads (batch 1; only with --heads FILE)
+
+``--cases`` picks a subset (e.g. ``--cases greedy,bw`` for the blockwise numbers alone).
 
 ms/token = summed median wall time of a case's generate calls (prefill included) / new tokens.
 
@@ -46,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-hf-greedy", action="store_true", help="skip the transformers greedy reference")
     p.add_argument("--pl-options", default="{}", help="JSON options for decodekit prompt_lookup")
+    p.add_argument("--heads", default=None, metavar="FILE", help="trained heads (decodekit train-heads) for 'bw'")
+    p.add_argument("--cases", default=None, help="comma-separated subset of the cases (default: all)")
     p.add_argument("--json", default=None, metavar="PATH", help="write every measurement as JSON")
     return p.parse_args(argv)
 
@@ -66,7 +71,7 @@ def hf_generate(lm, ids: list[int], n: int, **kw) -> list[int]:
     return row
 
 
-def build_cases(lm, lists: list[list[int]], n: int, pl_options: dict, hf_greedy: bool):
+def build_cases(lm, lists: list[list[int]], n: int, pl_options: dict, hf_greedy: bool, heads=None):
     """name -> list of (batch of token id lists, callable returning token ids per row)."""
     def dk(strategy, batch, **kw):
         return lambda: decodekit.generate(lm, batch, strategy, max_new_tokens=n, **kw).token_ids
@@ -80,6 +85,8 @@ def build_cases(lm, lists: list[list[int]], n: int, pl_options: dict, hf_greedy:
         "greedy_b4": [(b, dk("greedy", b)) for b in batches],
         "pl_b4": [(b, dk("prompt_lookup", b, **pl_options)) for b in batches],
     }
+    if heads is not None:
+        cases["bw"] = [(b, dk(_bw(heads), b)) for b in single]
     if hf_greedy:
         cases["hf_greedy"] = [(b, (lambda ids=b[0]: [hf_generate(lm, ids, n)])) for b in single]
     return cases
@@ -91,7 +98,14 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     lm = decodekit.load(args.model)
     lists = encode_prompts(lm, grounded_prompts(args.prompts))
-    cases = build_cases(lm, lists, args.new_tokens, json.loads(args.pl_options), not args.no_hf_greedy)
+    heads = None
+    if args.heads:
+        from decodekit.strategies.speculative import load_heads
+
+        heads = load_heads(args.heads)[0]
+    cases = build_cases(lm, lists, args.new_tokens, json.loads(args.pl_options), not args.no_hf_greedy, heads)
+    if args.cases:
+        cases = {name: cases[name] for name in args.cases.split(",")}
     names = list(cases)
     reference = [decodekit.generate(lm, [ids], "greedy", max_new_tokens=args.new_tokens).token_ids[0]
                  for ids in lists]  # also the warm-up
@@ -116,17 +130,17 @@ def main(argv=None) -> dict:
         result["cases"][name] = {"s": total, "ms_per_token": 1000 * total / tokens,
                                  "mismatches": mismatches[name], "runs": times[name]}
     c = result["cases"]
-    result["speedups"] = {
-        "pl_vs_greedy": c["greedy"]["s"] / c["pl"]["s"],
-        "pl_vs_hf_pl": c["hf_pl"]["s"] / c["pl"]["s"],
-        "pl_b4_vs_greedy_b4": c["greedy_b4"]["s"] / c["pl_b4"]["s"],
-    }
-    if "hf_greedy" in c:
-        result["speedups"]["greedy_vs_hf_greedy"] = c["hf_greedy"]["s"] / c["greedy"]["s"]
-        result["speedups"]["hf_pl_vs_hf_greedy"] = c["hf_greedy"]["s"] / c["hf_pl"]["s"]
-    stats = decodekit.generate(lm, lists, "prompt_lookup", max_new_tokens=args.new_tokens,
-                               **json.loads(args.pl_options)).stats.extra
-    result["prompt_lookup_stats_b8"] = stats
+    pairs = {"pl_vs_greedy": ("greedy", "pl"), "pl_vs_hf_pl": ("hf_pl", "pl"),
+             "pl_b4_vs_greedy_b4": ("greedy_b4", "pl_b4"), "greedy_vs_hf_greedy": ("hf_greedy", "greedy"),
+             "hf_pl_vs_hf_greedy": ("hf_greedy", "hf_pl"), "bw_vs_greedy": ("greedy", "bw")}
+    result["speedups"] = {key: c[a]["s"] / c[b]["s"] for key, (a, b) in pairs.items() if a in c and b in c}
+    result["stats"] = {}
+    pl_options = json.loads(args.pl_options)
+    if "pl" in c:  # acceptance stats over all prompts in one batch
+        result["stats"]["pl"] = decodekit.generate(lm, lists, "prompt_lookup", max_new_tokens=args.new_tokens,
+                                                   **pl_options).stats.extra
+    if "bw" in c:
+        result["stats"]["bw"] = decodekit.generate(lm, lists, _bw(heads), max_new_tokens=args.new_tokens).stats.extra
     _print(result)
     if args.json:
         with open(args.json, "w") as f:
@@ -144,8 +158,12 @@ def _print(result: dict) -> None:
         print(f"| {name} | {c['s']:.1f} | {c['ms_per_token']:.0f} | {'yes' if not c['mismatches'] else 'NO (' + str(c['mismatches']) + ')'} |")
     for key, value in result["speedups"].items():
         print(f"{key}: {value:.2f}x")
-    print("prompt_lookup stats (all prompts, one batch):",
-          {k: round(v, 3) for k, v in result["prompt_lookup_stats_b8"].items()})
+    for name, stats in result["stats"].items():
+        print(f"{name} stats (all prompts, one batch):", {k: round(v, 3) for k, v in stats.items()})
+
+
+def _bw(heads):
+    return decodekit.strategies.get("blockwise")(heads=heads, draft_tokens=heads.num_heads)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,13 @@ worst of them; ``"never"`` uses the maximum length for that bound when ``length_
 The returned candidates are the ``num_return_sequences`` best hypotheses, ``score`` = transformers'
 ``sequences_scores``. ``num_beams=1`` is greedy decoding.
 
-The KV cache is reordered in place, row by row: a beam that continues its own row is not copied.
-Stop strings are checked on the candidates before they become beams; stopping criteria and monitors
-that stop a beam turn it into a finished hypothesis. Monitors that roll rows back are not supported.
+The prompt runs through the model once and is then copied into the beams (transformers runs it once
+per beam): the tokens are the same, the scores may differ in the last float32 bits (another matmul
+shape). The KV cache is reordered in place, row by row: a beam that continues its own row is not
+copied. As in transformers, the penalties act on log-probs (greedy applies them to logits, so
+``num_beams=1`` equals greedy without ``repetition_penalty``). Stop strings are checked on the
+candidates before they become beams; stopping criteria and monitors that stop a beam turn it into a
+finished hypothesis. Monitors that roll rows back are not supported.
 
 Beam search is the standard decoder of sequence models; see e.g. the discussion in Vijayakumar
 et al. 2016, *Diverse Beam Search* (arXiv:1610.02424), whose variant is ``"diverse_beam"``.

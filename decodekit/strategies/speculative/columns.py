@@ -8,7 +8,7 @@ columns of its rejected drafts. Columns masked in every row at the end are cropp
 Example:
     >>> import torch
     >>> mask_newest(torch.tensor([[1, 1, 0, 1, 1], [1, 1, 1, 1, 1]]), torch.tensor([2, 1]))
-    tensor([[1, 0, 0, 0, 0],
+    tensor([[1, 1, 0, 0, 0],
             [1, 1, 1, 1, 0]])
 """
 
