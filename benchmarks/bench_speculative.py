@@ -2,9 +2,10 @@
 
 Input-grounded prompts (summarise / rewrite / correct a given passage: ``decodekit/data/grounded.jsonl``)
 go through the chat template once, outside the timing; every case decodes the same token ids with the
-same model object in one process. Repetitions are interleaved (each round runs every case once, in a
-rotated order) so the load of a shared machine falls on all cases alike; each case reports the median
-over rounds. Every output must equal decodekit's greedy output (transformers' too), token for token.
+same model object in one process. Repetitions are interleaved: each round runs every case on prompt
+(or batch) 0, then every case on prompt 1, ..., in a rotated order, so the load of a shared machine
+falls on all cases alike; each call's time is the median over rounds. Wall time and process CPU time
+are both reported (CPU time is less sensitive to other processes taking the cores). Every output must equal decodekit's greedy output (transformers' too), token for token.
 
 Cases (batch 1 runs each prompt alone; batch 4 runs the prompts in batches of 4):
   greedy       decodekit greedy                      (batch 1)
@@ -109,17 +110,19 @@ def main(argv=None) -> dict:
     names = list(cases)
     reference = [decodekit.generate(lm, [ids], "greedy", max_new_tokens=args.new_tokens).token_ids[0]
                  for ids in lists]  # also the warm-up
-    times = {name: [[] for _ in cases[name]] for name in names}
+    times = {name: [[] for _ in cases[name]] for name in names}  # wall seconds per call
+    cpu = {name: [[] for _ in cases[name]] for name in names}  # process seconds per call
     mismatches = {name: 0 for name in names}
+    calls = [(name, j) for j in range(max(len(v) for v in cases.values())) for name in names
+             if j < len(cases[name])]  # prompt (or batch) j of every case back to back: same load
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            for j, (batch, call) in enumerate(cases[name]):
-                t0 = time.perf_counter()
-                out = call()
-                times[name][j].append(time.perf_counter() - t0)
-                want = [reference[lists.index(ids)] for ids in batch]
-                mismatches[name] += int(out != want)
+        for i, (name, j) in enumerate(calls[r % len(calls):] + calls[: r % len(calls)]):
+            batch, call = cases[name][j]
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = call()
+            times[name][j].append(time.perf_counter() - t0)
+            cpu[name][j].append(time.process_time() - c0)
+            mismatches[name] += int(out != [reference[lists.index(ids)] for ids in batch])
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     tokens = sum(len(t) for t in reference)
     result = {"model": lm.name, "new_tokens": args.new_tokens, "prompts": len(lists), "rounds": args.rounds,
@@ -127,13 +130,15 @@ def main(argv=None) -> dict:
               "transformers": transformers.__version__, "python": platform.python_version(), "cases": {}}
     for name in names:
         total = sum(statistics.median(t) for t in times[name])
-        result["cases"][name] = {"s": total, "ms_per_token": 1000 * total / tokens,
-                                 "mismatches": mismatches[name], "runs": times[name]}
+        total_cpu = sum(statistics.median(t) for t in cpu[name])
+        result["cases"][name] = {"s": total, "cpu_s": total_cpu, "ms_per_token": 1000 * total / tokens,
+                                 "mismatches": mismatches[name], "runs": times[name], "cpu_runs": cpu[name]}
     c = result["cases"]
     pairs = {"pl_vs_greedy": ("greedy", "pl"), "pl_vs_hf_pl": ("hf_pl", "pl"),
              "pl_b4_vs_greedy_b4": ("greedy_b4", "pl_b4"), "greedy_vs_hf_greedy": ("hf_greedy", "greedy"),
              "hf_pl_vs_hf_greedy": ("hf_greedy", "hf_pl"), "bw_vs_greedy": ("greedy", "bw")}
     result["speedups"] = {key: c[a]["s"] / c[b]["s"] for key, (a, b) in pairs.items() if a in c and b in c}
+    result["cpu_speedups"] = {key: c[a]["cpu_s"] / c[b]["cpu_s"] for key, (a, b) in pairs.items() if a in c and b in c}
     result["stats"] = {}
     pl_options = json.loads(args.pl_options)
     if "pl" in c:  # acceptance stats over all prompts in one batch
@@ -152,12 +157,13 @@ def _print(result: dict) -> None:
     print(f"\nmodel {result['model']}, {result['prompts']} grounded prompts, <= {result['new_tokens']} new "
           f"tokens ({result['tokens']} in all), {result['rounds']} interleaved rounds, medians, "
           f"{result['threads']} threads, torch {result['torch']}, transformers {result['transformers']}")
-    print("| case | s (sum of medians) | ms/token | outputs == greedy |")
-    print("|---|---:|---:|---|")
+    print("| case | wall s (sum of medians) | ms/token | CPU s | outputs == greedy |")
+    print("|---|---:|---:|---:|---|")
     for name, c in result["cases"].items():
-        print(f"| {name} | {c['s']:.1f} | {c['ms_per_token']:.0f} | {'yes' if not c['mismatches'] else 'NO (' + str(c['mismatches']) + ')'} |")
+        same = "yes" if not c["mismatches"] else f"NO ({c['mismatches']})"
+        print(f"| {name} | {c['s']:.1f} | {c['ms_per_token']:.0f} | {c['cpu_s']:.1f} | {same} |")
     for key, value in result["speedups"].items():
-        print(f"{key}: {value:.2f}x")
+        print(f"{key}: {value:.2f}x wall, {result['cpu_speedups'][key]:.2f}x CPU time")
     for name, stats in result["stats"].items():
         print(f"{name} stats (all prompts, one batch):", {k: round(v, 3) for k, v in stats.items()})
 

@@ -47,7 +47,7 @@ def plot_traces(runs: Mapping[str, Generation], path: str | os.PathLike, *, sign
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'decodekit[plot]'") from None
+        raise ImportError("plots need matplotlib: pip install matplotlib") from None
     fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
     longest = 1
     for label, gen in runs.items():
