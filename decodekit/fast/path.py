@@ -20,6 +20,7 @@ import gc
 import torch
 
 from decodekit.fast.attention import attention_bias, positions
+from decodekit.fast.fused import FusedLlama, fused_reason
 from decodekit.fast.slab import Slab, bucket
 
 __all__ = ["FastPath", "unsupported_reason"]
@@ -69,10 +70,12 @@ class FastPath:
         max_graph_tokens: forwards of at most this many new tokens use graphs (decode, verify).
         headroom: spare cache columns allocated beyond the prompt (a slab grows when they run out).
         warmup: eager runs before the first capture (one before each later capture).
+        fused: run decodekit's fused Llama-family forward (:mod:`decodekit.fast.fused`, ~3x fewer
+            kernels) instead of transformers' forward; default: where the model supports it.
     """
 
     def __init__(self, lm, *, capture: bool | None = None, compile: str | None = None,
-                 max_graph_tokens: int = 32, headroom: int = 256, warmup: int = 2):
+                 max_graph_tokens: int = 32, headroom: int = 256, warmup: int = 2, fused: bool | None = None):
         reason = unsupported_reason(lm)
         if reason is not None:
             raise ValueError(f"decodekit.fast: {reason}; use cuda_graphs=False")
@@ -88,7 +91,14 @@ class FastPath:
         self.pad_id = lm.pad_token_id
         self.max_graph_tokens, self.headroom, self.warmup = max_graph_tokens, headroom, warmup
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
-        self.eager_fn = functools.partial(_step, self.model, self.dtype, lm._cache_kw)
+        reason = fused_reason(self.model)
+        if fused and reason is not None:
+            raise ValueError(f"decodekit.fast: fused=True, but {reason}")
+        self.fused = reason is None if fused is None else bool(fused)
+        if self.fused:
+            self.eager_fn = FusedLlama(self.model)
+        else:
+            self.eager_fn = functools.partial(_step, self.model, self.dtype, lm._cache_kw)
         self.step_fn = self.eager_fn
         if compile:
             mode = None if compile == "default" else compile
@@ -99,7 +109,7 @@ class FastPath:
 
     def __repr__(self) -> str:
         n = sum(len(v) for v in self.slabs.values())
-        return f"FastPath(capture={self.capture}, slabs={n}, captures={self.captures}, capture_s={self.capture_s:.2f})"
+        return f"FastPath(capture={self.capture}, fused={self.fused}, slabs={n}, captures={self.captures}, capture_s={self.capture_s:.2f})"
 
     def new_cache(self):
         """An empty :class:`~decodekit.fast.cache.FastCache` (it leases a slab on its first forward)."""

@@ -1,0 +1,166 @@
+"""A fused forward for Llama-family decoders over a static KV cache (the fast path's default step).
+
+transformers' Llama forward launches ~43 kernels per layer for one decode token (RMSNorm in six
+element-wise ops, three projections, rotary embeddings in a dozen slices and concatenations, GQA
+key/value repetition, ...). Inside a CUDA graph each launch still costs ~2 us of GPU time, so for a
+small model the step is launch-bound, not bandwidth-bound. This step computes the same function with
+about 14 kernels per layer, reading the model's own weights:
+
+* the q/k/v projections as one matmul and the gate/up projections as one matmul, over weights
+  concatenated once (the modules' own parameters become views of them: no extra memory);
+* RMSNorm as one ``torch.nn.functional.rms_norm``;
+* rotary embeddings as ``x * cos + swap(x) * sin'`` on q and k together (``sin'`` carries
+  ``rotate_half``'s sign; cos / sin come from the model's own rotary module, once per step);
+* grouped-query attention without repeating keys: the ``g`` query heads of one key/value head are
+  folded into the query length, so SDPA sees ``kv_heads`` heads of ``g * T`` queries;
+* the residual additions fused into the output projections (``addmm``).
+
+Numerically it is the model's function with different rounding: fp32 results agree with
+transformers' to ~1e-5, bf16 results to bf16 rounding (tests/fast/test_fused.py). It only runs on
+models whose layout it knows (:func:`fused_reason`); others keep transformers' forward inside the
+graph. ``FastPath(lm, fused=False)`` (or ``LM(..., fused=False)``) turns it off.
+
+Example:
+    >>> lm = decodekit.load(device="cuda", dtype="bfloat16")      # doctest: +SKIP
+    >>> lm.fast.fused                                             # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from decodekit.fast.attention import attention_bias, positions
+
+__all__ = ["FusedLlama", "fused_reason"]
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def fused_reason(model) -> str | None:
+    """Why ``model`` cannot use the fused step, or None when it can."""
+    cfg = model.config
+    if getattr(cfg, "model_type", None) not in MODEL_TYPES:
+        return f"model type {getattr(cfg, 'model_type', None)!r} (fused: {', '.join(MODEL_TYPES)})"
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None or not hasattr(model, "lm_head") or not hasattr(inner, "rotary_emb"):
+        return "the model lacks model.layers / lm_head / model.rotary_emb"
+    attn, mlp = layers[0].self_attn, layers[0].mlp
+    if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        return "attention without q/k/v/o projections"
+    if any(hasattr(attn, n) for n in ("q_norm", "k_norm")):
+        return "attention with q/k norms"
+    if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return "MLP without gate/up/down projections"
+    if getattr(mlp.gate_proj, "bias", None) is not None or getattr(mlp.down_proj, "bias", None) is not None:
+        return "MLP biases"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    return None
+
+
+def _fuse_linear(mods: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight ``[sum(out), in]`` (and bias) for ``mods``; their parameters become views of it."""
+    weight = torch.cat([m.weight.data for m in mods], 0)
+    biases = [m.bias for m in mods]
+    bias = torch.cat([b.data for b in biases], 0) if all(b is not None for b in biases) else None
+    if any(b is not None for b in biases) and bias is None:
+        raise ValueError("decodekit.fast: projections with and without bias")
+    start = 0
+    for m in mods:
+        n = m.weight.shape[0]
+        m.weight.data = weight[start:start + n]
+        if bias is not None:
+            m.bias.data = bias[start:start + n]
+        start += n
+    return weight, bias
+
+
+class _Layer:
+    """One decoder layer's fused weights."""
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv, self.qkv_bias = _fuse_linear([attn.q_proj, attn.k_proj, attn.v_proj])  # [(h + 2kv) * hd, d]
+        self.o, self.o_bias = attn.o_proj.weight, attn.o_proj.bias  # [d, h * hd]
+        self.gate_up, _ = _fuse_linear([mlp.gate_proj, mlp.up_proj])  # [2 * ff, d]
+        self.down = mlp.down_proj.weight  # [d, ff]
+        self.act = mlp.act_fn
+        self.norm1 = (layer.input_layernorm.weight, _eps(layer.input_layernorm))
+        self.norm2 = (layer.post_attention_layernorm.weight, _eps(layer.post_attention_layernorm))
+
+
+def _eps(norm) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
+def _linear_residual(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x + a @ w.T (+ b)`` for 2-D ``x [N, d]``, ``a [N, k]``, ``w [d, k]``: one GEMM with beta = 1."""
+    out = torch.addmm(x, a, w.t())
+    return out if b is None else out.add_(b)
+
+
+class FusedLlama:
+    """The fused decode / verify / prefill step of one Llama-family model (see the module doc).
+
+    Called like the fast path's generic step: ``(mask, cols, ids, write, view, last_only, hidden)``;
+    returns float32 logits ``[rows, T or 1, vocab]`` and, with ``hidden``, the final-norm hidden
+    states ``[rows, T, d]`` (transformers' ``hidden_states[-1]``).
+    """
+
+    def __init__(self, model):
+        reason = fused_reason(model)
+        if reason is not None:
+            raise ValueError(f"decodekit.fast: no fused step: {reason}")
+        cfg = model.config
+        self.model = model
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.embed = model.model.embed_tokens
+        self.rotary = model.model.rotary_emb
+        self.final_norm = (model.model.norm.weight, _eps(model.model.norm))
+        self.lm_head = model.lm_head
+        with torch.no_grad():
+            self.layers = [_Layer(layer) for layer in model.model.layers]
+
+    @torch.no_grad()
+    def __call__(self, mask, cols, ids, write, view, last_only: bool, hidden: bool):
+        # mask [rows, C] long; cols [C] long; ids [rows, T] long; write [T] long; view: SlabView
+        rows, T = ids.shape
+        h, kvh, hd = self.heads, self.kv_heads, self.head_dim
+        g = h // kvh
+        x = self.embed(ids)  # [rows, T, d]
+        d = x.shape[-1]
+        dtype = x.dtype
+        bias = attention_bias(mask, cols, write, dtype)  # [rows, 1, T, C]
+        bias = bias.expand(rows, g, T, bias.shape[-1]).reshape(rows, 1, g * T, -1)  # [rows, 1, g*T, C]
+        cos, sin = self.rotary(x, positions(mask, write))  # [rows, T, hd] each
+        half = hd // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)[:, :, None]  # [rows, T, 1, hd]
+        cos = cos[:, :, None]  # [rows, T, 1, hd]
+        x = x.view(rows * T, d)  # [N, d] residual stream
+        for i, layer in enumerate(self.layers):
+            a = F.rms_norm(x, (d,), *layer.norm1)  # [N, d]
+            qkv = F.linear(a, layer.qkv, layer.qkv_bias).view(rows, T, h + 2 * kvh, hd)  # [rows, T, h+2kv, hd]
+            qk = qkv[:, :, :h + kvh]  # [rows, T, h+kv, hd]
+            swapped = qk.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # [rows, T, h+kv, hd]
+            qk = torch.addcmul(qk * cos, swapped, sin)  # rotary, [rows, T, h+kv, hd]
+            keys, values = view.layers[i].keys, view.layers[i].values  # [rows, kv, C, hd] each
+            keys.index_copy_(2, write, qk[:, :, h:].transpose(1, 2))
+            values.index_copy_(2, write, qkv[:, :, h + kvh:].transpose(1, 2))
+            q = qk[:, :, :h].unflatten(2, (kvh, g)).permute(0, 2, 3, 1, 4).reshape(rows, kvh, g * T, hd)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [rows, kv, g*T, hd]
+            o = o.view(rows, kvh, g, T, hd).permute(0, 3, 1, 2, 4).reshape(rows * T, h * hd)  # [N, h*hd]
+            x = _linear_residual(x, o, layer.o, layer.o_bias)  # [N, d]
+            a = F.rms_norm(x, (d,), *layer.norm2)  # [N, d]
+            gate, up = F.linear(a, layer.gate_up).chunk(2, -1)  # [N, ff] each
+            x = _linear_residual(x, layer.act(gate).mul_(up), layer.down, None)  # [N, d]
+        x = x.view(rows, T, d)
+        if last_only:
+            x = x[:, -1:]
+        out = F.rms_norm(x, (d,), *self.final_norm)  # [rows, T or 1, d]
+        logits = self.lm_head(out).float()  # [rows, T or 1, V]
+        return logits, (out if hidden else None)

@@ -1,0 +1,97 @@
+"""The fused Llama-family step (decodekit.fast.fused) computes transformers' forward: runs on CPU.
+
+Same logits as transformers' own forward over the same static cache (prefill, decode, verify
+widths, rows with holes in their masks), for Llama with GQA / MHA, Qwen2 (q/k/v biases) and the
+llama3 rope scaling; the modules keep working (their weights became views of the fused ones);
+greedy and sampling through the fused path equal the eager path token for token.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import decodekit
+from decodekit.fast import FastPath
+from decodekit.fast.attention import SlabView
+from decodekit.fast.fused import FusedLlama, fused_reason
+from decodekit.fast.path import _step
+from tests.toy import ByteTokenizer, tiny_model
+
+COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              max_position_embeddings=256, pad_token_id=0, tie_word_embeddings=False)
+
+
+def _llama(kv_heads=2, **extra):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(num_attention_heads=4, num_key_value_heads=kv_heads, **COMMON, **extra)).eval()
+
+
+def _qwen2():
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(num_attention_heads=4, num_key_value_heads=2, **COMMON)).eval()
+
+
+MODELS = {
+    "llama-gqa": _llama,
+    "llama-mha": functools.partial(_llama, kv_heads=4),
+    "llama3-rope": functools.partial(_llama, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                           "original_max_position_embeddings": 64}),
+    "qwen2-bias": _qwen2,
+}
+
+
+def _cache(model, rows, C):
+    cfg = model.config
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    shape = (rows, cfg.num_key_value_heads, C, hd)
+    return [torch.zeros(shape) for _ in range(2 * cfg.num_hidden_layers)]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fused_logits_equal_transformers(name):
+    model = MODELS[name]()
+    reference = functools.partial(_step, model, torch.float32, decodekit.load(model, ByteTokenizer())._cache_kw)
+    fused = FusedLlama(model)  # rebinds the modules' weights as views: the reference still works
+    rows, C = 3, 24
+    mask = torch.ones(rows, C, dtype=torch.long)
+    mask[0, :5] = 0  # left padding
+    mask[1, 7:9] = 0  # holes (rolled-back / rejected columns)
+    cols = torch.arange(C)
+    kv_ref, kv_fused = _cache(model, rows, C), _cache(model, rows, C)
+    g = torch.Generator().manual_seed(1)
+    start = 0
+    for T, last_only in ((10, True), (1, False), (4, False), (1, False)):  # prefill, decode, verify, decode
+        ids = torch.randint(1, 97, (rows, T), generator=g)
+        write = cols[start:start + T]
+        want, hid_want = reference(mask, cols, ids, write, SlabView(kv_ref, write), last_only, True)
+        got, hid_got = fused(mask, cols, ids, write, SlabView(kv_fused, write), last_only, True)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(hid_got, hid_want[:, -got.shape[1]:], rtol=1e-4, atol=1e-4)
+        start += T
+    for a, b in zip(kv_fused, kv_ref):
+        torch.testing.assert_close(a[:, :, :start], b[:, :, :start], rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_models_are_named():
+    model = _llama()
+    model.config.model_type = "gemma"
+    assert "gemma" in fused_reason(model)
+    with pytest.raises(ValueError, match="no fused step"):
+        FusedLlama(model)
+
+
+@pytest.mark.parametrize("strategy,kw", [("greedy", {}), ("sample", {"seed": 3, "temperature": 0.8, "top_k": 20}),
+                                         ("beam", {"num_beams": 3})])
+def test_generation_through_the_fused_path_equals_eager(strategy, kw):
+    lm = decodekit.load(tiny_model(seed=0), ByteTokenizer())
+    prompts = ["Hello there", "a", "The quick brown fox"]
+    eager = decodekit.generate(lm, prompts, strategy, max_new_tokens=12, **kw)
+    lm.fast = FastPath(lm, capture=False, headroom=8)
+    assert lm.fast.fused
+    fast = decodekit.generate(lm, prompts, strategy, max_new_tokens=12, **kw)
+    assert fast.token_ids == eager.token_ids
