@@ -7,6 +7,11 @@ rows that accepted fewer tokens than others (speculative decoding) and rolled-ba
 just columns masked to 0; position ids are derived from the mask, so a row sees exactly the cache it
 would see alone.
 
+A forward may also take a custom attention pattern for its new tokens (``attend [rows, T, S + T]``
+plus explicit ``position_ids``): tree verification feeds several candidate continuations at once,
+each seeing only its ancestors (:mod:`decodekit.strategies.speculative.tree`). Whether a model
+honours such a 4-D mask is probed once per LM (:meth:`LM.accepts_4d_mask`).
+
 Example:
     >>> lm = decodekit.load()                      # embedded SmolLM2-135M-Instruct   # doctest: +SKIP
     >>> enc = lm.encode(["Hello", "The capital of France is"])                       # doctest: +SKIP
@@ -83,6 +88,7 @@ class LM:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.cuda_graphs = cuda_graphs
         self.fast: FastPath | None = None
+        self._accepts_4d: bool | None = None  # probed on the first accepts_4d_mask()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -134,29 +140,63 @@ class LM:
         *,
         last_only: bool = False,
         hidden: bool = False,
+        attend: torch.Tensor | None = None,  # [rows, T, S + T] bool: columns each new token sees
+        position_ids: torch.Tensor | None = None,  # [rows, T] long: with ``attend``
     ) -> Forward:
         """Run the model on ``input_ids`` after the cached columns; the cache grows by T columns.
 
         Position ids come from the mask (``cumsum - 1``), so masked columns (padding, holes left by
         rejected or rolled-back tokens) are invisible and do not shift positions.
+
+        With ``attend`` (and ``position_ids``) the new tokens instead see exactly the columns
+        ``attend`` marks (each always sees itself) at the given positions: a 4-D mask, used by tree
+        verification. ``attention_mask`` still says which columns the rows own afterwards. Only for
+        models where :meth:`accepts_4d_mask` is True, over a ``DynamicCache`` (not the fast path).
         """
+        if (attend is None) != (position_ids is None):
+            raise ValueError("pass attend and position_ids together")
+        if attend is not None:
+            eye = torch.eye(input_ids.shape[1], dtype=torch.bool, device=attend.device)  # [T, T]
+            attend = attend | torch.nn.functional.pad(eye, (attend.shape[-1] - eye.shape[0], 0))[None]
         if isinstance(cache, FastCache):
+            if attend is not None:
+                raise ValueError("custom attention (attend=) needs an eager cache: not on the CUDA-graph "
+                                 "fast path (load with cuda_graphs=False)")
             logits, last_hidden = cache.forward(input_ids, attention_mask, last_only=last_only, hidden=hidden)
             self.forward_passes += 1
             return Forward(logits, last_hidden)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]  # [rows, T]
-        out = self.model(
+        if attend is None:
+            mask = attention_mask
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]  # [rows, T]
+        else:
+            mask = additive_bias(attend, self.dtype)  # [rows, 1, T, S + T]
+        out = self._run(input_ids, cache, mask, position_ids, last_only, hidden)
+        self.forward_passes += 1
+        logits = out.logits.float()  # [rows, T or 1, vocab]
+        return Forward(logits, out.hidden_states[-1] if hidden else None)
+
+    def _run(self, input_ids, cache, mask, position_ids, last_only: bool = False, hidden: bool = False):
+        # input_ids [rows, T]; mask [rows, S + T] long or [rows, 1, T, S + T] additive; position_ids [rows, T]
+        return self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             position_ids=position_ids,
             **{self._cache_kw: cache},
             use_cache=True,
             output_hidden_states=hidden,
             logits_to_keep=1 if last_only else 0,
         )
-        self.forward_passes += 1
-        logits = out.logits.float()  # [rows, T or 1, vocab]
-        return Forward(logits, out.hidden_states[-1] if hidden else None)
+
+    def accepts_4d_mask(self) -> bool:
+        """Whether the model honours a custom 4-D mask with explicit positions (``forward(attend=...)``).
+
+        Probed once (three 1-3 token forwards, not counted in ``forward_passes``) and cached: a token
+        told to skip its predecessor must get the logits it gets when that token is absent. False
+        when the model raises on a 4-D mask (e.g. flash attention) or silently ignores it.
+        """
+        if self._accepts_4d is None:
+            self._accepts_4d = _probe_4d_mask(self)
+        return self._accepts_4d
 
     # ------------------------------------------------------------------ cache ops
     @staticmethod
@@ -208,6 +248,36 @@ class LM:
         if isinstance(cache, FastCache):
             return cache.copy()
         return copy.deepcopy(cache)
+
+
+def additive_bias(attend: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``attend [rows, T, S]`` bool -> the additive mask ``[rows, 1, T, S]`` transformers takes as
+    is (0 where attended, the dtype's minimum elsewhere; eager and sdpa attention alike)."""
+    bias = torch.zeros(attend.shape, dtype=dtype, device=attend.device)
+    return bias.masked_fill_(~attend, torch.finfo(dtype).min)[:, None]
+
+
+@torch.inference_mode()
+def _probe_4d_mask(lm: LM) -> bool:
+    """Run ``[a, b, c]`` with c told to skip b (positions 0, 1, 1) and compare c's logits with those
+    of ``[a, c]`` (what they must be) and of ``[a, b, c]`` (what they are if the mask is ignored)."""
+    dev, V = lm.device, lm.vocab_size
+    a, b, c = (V // 3) % V, (V // 2 + 1) % V, (V // 5 + 2) % V
+    ones = lambda n: torch.ones(1, n, dtype=torch.long, device=dev)  # noqa: E731
+    arange = lambda n: torch.arange(n, device=dev)[None]  # noqa: E731
+    try:
+        want = lm._run(torch.tensor([[a, c]], device=dev), DynamicCache(config=lm.config), ones(2), arange(2))
+        full = lm._run(torch.tensor([[a, b, c]], device=dev), DynamicCache(config=lm.config), ones(3), arange(3))
+        attend = torch.tensor([[[1, 0, 0], [1, 1, 0], [1, 0, 1]]], dtype=torch.bool, device=dev)  # [1, 3, 3]
+        got = lm._run(torch.tensor([[a, b, c]], device=dev), DynamicCache(config=lm.config),
+                      additive_bias(attend, lm.dtype), torch.tensor([[0, 1, 1]], device=dev))
+    except Exception:  # noqa: BLE001 - any failure means: no custom masks for this model
+        return False
+    want, full, got = (o.logits[0, -1].float() for o in (want, full, got))  # [V] each
+    if not bool(torch.isfinite(got).all()):
+        return False
+    err, gap = float((got - want).abs().max()), float((full - want).abs().max())
+    return err <= 0.1 * gap
 
 
 def _eos_ids(model, tokenizer) -> tuple[int, ...]:

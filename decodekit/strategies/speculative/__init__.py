@@ -13,11 +13,17 @@ speculative sampling (output distribution == the target's), in batches where row
 numbers of drafts (BASS). New proposers subclass :class:`DraftVerify` and return a
 :class:`~decodekit.strategies.speculative.proposer.Proposer` from ``make_proposer``.
 
+Token trees (:mod:`.tree`, :mod:`.trie`): ``prompt_lookup`` with ``num_candidates > 1`` verifies
+several continuations at once through a tree attention mask (SpecInfer / Medusa style), where the
+model takes a 4-D mask; elsewhere it verifies its best candidate as a chain. Still lossless.
+
 Example:
     >>> import decodekit
     >>> lm = decodekit.load()                                                        # doctest: +SKIP
     >>> gen = decodekit.generate(lm, "Summarise: ...", strategy="prompt_lookup")     # doctest: +SKIP
     >>> gen.stats.extra["acceptance_rate"], gen.stats.extra["target_forwards_per_token"]  # doctest: +SKIP
+    >>> gen = decodekit.generate(lm, "Summarise: ...", "prompt_lookup", num_candidates=4)  # doctest: +SKIP
+    >>> gen.stats.extra["tree_verifies"], gen.stats.extra["accepted_per_verify"]     # doctest: +SKIP
 """
 
 from decodekit.strategies.speculative.blockwise import Blockwise, BlockwiseConfig, stern_verify
@@ -31,6 +37,8 @@ from decodekit.strategies.speculative.proposer import Draft, DraftContext, Propo
 from decodekit.strategies.speculative.self_draft import SelfSpeculative, early_exit_lm
 from decodekit.strategies.speculative.strategy import DraftVerify
 from decodekit.strategies.speculative.train_heads import acceptance, train_heads
+from decodekit.strategies.speculative.tree import TreeShape, tree_shape, tree_verify
+from decodekit.strategies.speculative.trie import merge_candidates
 from decodekit.strategies.speculative.verify import Verified, greedy_verify, sample_verify
 
 __all__ = [
@@ -39,4 +47,5 @@ __all__ = [
     "Draft", "DraftContext", "DraftModelProposer", "DraftVerify", "DraftVerifyConfig", "PromptLookup",
     "PromptLookupConfig", "PromptLookupProposer", "Proposer", "SelfSpeculative", "SelfSpeculativeConfig",
     "Speculative", "SpeculativeConfig", "Verified", "early_exit_lm", "greedy_verify", "sample_verify",
+    "TreeShape", "merge_candidates", "tree_shape", "tree_verify",
 ]

@@ -68,10 +68,14 @@ class PromptLookupConfig(DraftVerifyConfig):
     max_draft_tokens: int = field(default=16, metadata={"help": "upper bound of the adaptive draft length"})
     max_ngram: int = field(default=3, metadata={"help": "longest n-gram matched against the text (tried first)"})
     min_ngram: int = field(default=1, metadata={"help": "shortest n-gram matched"})
+    num_candidates: int = field(default=1, metadata={
+        "help": "continuations from different matches verified at once as a token tree (1 = a chain)"})
 
     def validate(self) -> None:
         super().validate()
         check(self.min_ngram >= 1, f"prompt_lookup: min_ngram must be >= 1, got {self.min_ngram}")
+        check(1 <= self.num_candidates <= 16,
+              f"prompt_lookup: num_candidates must be in 1..16, got {self.num_candidates}")
         check(self.max_ngram >= self.min_ngram,
               f"prompt_lookup: max_ngram ({self.max_ngram}) must be >= min_ngram ({self.min_ngram})")
 

@@ -12,6 +12,13 @@ draft model's KV cache ...) lives in ``state.extra``. Per step the strategy call
 (then speculative sampling divides by them); proposers without them are verified as deterministic
 drafts (one-hot q).
 
+A deterministic proposer with ``makes_trees = True`` may return a *token tree* instead of a chain
+when ``ctx.tree`` is True (the model takes a 4-D mask): ``Draft.parents`` then gives each node's
+parent, and several candidate continuations are verified in one pass (:mod:`.tree`; build one with
+:func:`~decodekit.strategies.speculative.trie.merge_candidates`); ``accepted`` then reports the
+depth of the accepted path. With ``ctx.tree`` False it must return a chain (its best single
+candidate).
+
 Example (a proposer that always proposes token 7):
     >>> class Sevens:
     ...     gives_probs = False
@@ -42,6 +49,9 @@ class Draft:
     tokens: torch.Tensor  # [rows, k] long: proposals, valid up to count (other slots: any valid id)
     count: torch.Tensor  # [rows] long: valid proposals per row, 0..k
     probs: torch.Tensor | None = None  # [rows, k, V] float32: distributions the drafts were drawn from
+    # [rows, k] long: a token tree (deterministic drafts only): node i's parent, 0 = the pending token,
+    # j + 1 = node j < i (parents precede children; siblings carry distinct tokens). None = a chain.
+    parents: torch.Tensor | None = None
 
     @staticmethod
     def empty(state: DecodeState) -> "Draft":
@@ -55,6 +65,7 @@ class DraftContext:
 
     sample: bool  # draw drafts (speculative sampling) rather than take the argmax (greedy verification)
     process: Callable[[DecodeState, torch.Tensor, History], torch.Tensor]  # logits [rows, V] -> scores
+    tree: bool = False  # the strategy verifies token trees (Draft.parents) in this decode
 
 
 @runtime_checkable

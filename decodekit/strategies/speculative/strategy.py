@@ -14,15 +14,22 @@ only say where drafts come from (``make_proposer``). One step, for all rows at o
    the loop clips the step's tokens (EOS, length), ``StepOutput.cached`` lets ``state.append`` mask
    the columns of the clipped drafts too.
 
+**Token trees** (:mod:`.tree`): a proposer may return several candidate continuations merged
+into a tree (``Draft.parents``); where the model takes a 4-D mask (probed once per LM, eager cache)
+the pass feeds every node, each seeing only its ancestors, and verification follows the target's
+choices down the tree; the row keeps its accepted path's columns. Elsewhere proposers are asked for
+a chain (``DraftContext.tree`` False). Either way the output is lossless.
+
 Rows that accept different counts just mask different columns (BASS-style batches need no padding,
 Qian et al. 2024, arXiv:2404.15778); with greedy verification each row's output equals its greedy
 output alone. The draft length adapts per step (grow by 2 when some row accepts its whole draft,
 shrink by 1 otherwise, as BASS and transformers' heuristic schedule do).
 
 Stats (``Generation.stats.extra``): ``accepted_per_verify`` (mean accepted drafts per row-verify
-with drafts), ``acceptance_rate`` (accepted / proposed drafts), ``tokens_per_step`` (mean tokens
-a running row gains per step), ``target_forwards_per_token`` (target passes incl. prefill, per
-generated token of a row; greedy = 1), ``draft_tokens`` (the final draft length).
+with drafts), ``acceptance_rate`` (accepted / proposed drafts; a tree proposes all its nodes),
+``tokens_per_step`` (mean tokens a running row gains per step), ``target_forwards_per_token``
+(target passes incl. prefill, per generated token of a row; greedy = 1), ``draft_tokens`` (the
+final draft length), ``tree_verifies`` (target passes that verified token trees).
 
 Example:
     >>> gen = decodekit.generate(lm, "Rewrite: ...", "prompt_lookup", max_new_tokens=64)  # doctest: +SKIP
@@ -35,12 +42,16 @@ from typing import ClassVar
 
 import torch
 
+from decodekit.fast import FastCache
 from decodekit.processors import History, apply_processors, build_processors
 from decodekit.state import Candidate, DecodeState, StepOutput
 from decodekit.strategies.base import Strategy
 from decodekit.strategies.speculative.columns import crop_columns, trailing_unused
 from decodekit.strategies.speculative.config import DraftVerifyConfig
 from decodekit.strategies.speculative.proposer import Draft, DraftContext, DraftHistory, Proposer
+from decodekit.strategies.speculative.tree import (
+    TreeShape, keep_path_columns, node_history, tree_attention, tree_shape, tree_verify,
+)
 from decodekit.strategies.speculative.verify import Verified, greedy_verify, sample_verify
 
 __all__ = ["DraftVerify"]
@@ -58,6 +69,8 @@ class _Run:
         self.proposed = 0  # proposed drafts, summed over running rows
         self.verifies = 0  # (row, step) pairs where the row had drafts
         self.row_steps = 0  # (row, step) pairs where the row was running
+        self.tree_verifies = 0  # target passes over a token tree
+        self.trees = False  # token trees allowed in this decode (set in init)
 
 
 class DraftVerify(Strategy):
@@ -80,28 +93,52 @@ class DraftVerify(Strategy):
         proposer = self.make_proposer(state)
         proposer.start(state)
         state.extra["_spec_proposer"] = proposer
-        state.extra[_RUN] = _Run(self.config.draft_tokens)
+        run = state.extra[_RUN] = _Run(self.config.draft_tokens)
+        run.trees = bool(getattr(proposer, "makes_trees", False)) and self.trees_supported(state)
         return state
 
     def step(self, state: DecodeState) -> StepOutput:
         run: _Run = state.extra[_RUN]
         proposer: Proposer = state.extra["_spec_proposer"]
-        ctx = DraftContext(self.config.do_sample, self._process)
+        ctx = DraftContext(self.config.do_sample, self._process, tree=run.trees)
         draft = proposer.propose(state, run.k, ctx) if run.k > 0 else Draft.empty(state)
         k = draft.tokens.shape[1]
+        tree = self._tree(state, draft, run) if draft.parents is not None and k > 0 else None
         active = ~state.done  # [rows]
         hidden = bool(getattr(proposer, "needs_hidden", False))
-        logits = self._score(state, draft.tokens, active, hidden)  # [rows, k + 1, V] raw target logits
+        logits = self._score(state, draft.tokens, active, hidden, tree)  # [rows, k + 1, V] raw target logits
         run.target_forwards += int(state.pending is not None or k > 0)
-        scores = self._process_block(state, logits, draft.tokens)  # [rows, k + 1, V]
-        v = self.verify(state, scores, draft)
-        accepted = torch.where(active, v.accepted, 0)  # [rows]
-        self._keep_columns(state, accepted, active, k)
+        scores = self._process_block(state, logits, draft.tokens, tree)  # [rows, k + 1, V]
+        if tree is None:
+            v = self.verify(state, scores, draft)
+            accepted = torch.where(active, v.accepted, 0)  # [rows]
+            self._keep_columns(state, accepted, active, k)
+        else:  # the emitted tokens' logits: those of the nodes along the accepted path
+            v = tree_verify(scores, tree, self.config.do_sample, state.generator)
+            accepted = torch.where(active, v.accepted, 0)  # [rows]
+            keep_path_columns(state, v.path, accepted, active, state.pending is not None)
+            logits = logits.gather(1, v.path[..., None].expand(-1, -1, logits.shape[-1]))  # [rows, k + 1, V]
         proposer.accepted(state, draft, accepted)
-        self._account(state, run, draft.count, accepted, active)
+        self._account(state, run, draft.count, draft.count if tree is None else tree.longest, accepted, active)
         logprobs = torch.log_softmax(logits, -1).gather(-1, v.tokens[..., None])[..., 0]  # [rows, k + 1]
         state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
         return StepOutput(v.tokens, accepted + 1, logprobs, logits, cached=accepted)
+
+    @staticmethod
+    def trees_supported(state: DecodeState) -> bool:
+        """Whether this decode may verify token trees: the model takes a custom 4-D mask
+        (:meth:`~decodekit.lm.LM.accepts_4d_mask`) and the cache is eager (not the fast path)."""
+        probe = getattr(state.lm, "accepts_4d_mask", None)
+        return probe is not None and not isinstance(state.cache, FastCache) and bool(probe())
+
+    @staticmethod
+    def _tree(state: DecodeState, draft: Draft, run: _Run) -> TreeShape:
+        if not run.trees or draft.probs is not None:
+            raise ValueError("a proposer returned a token tree where it may not: only deterministic drafts, "
+                             "and only when DraftContext.tree is True")
+        run.tree_verifies += 1
+        root = state.ids.gather(1, (state.end - 1)[:, None])[:, 0]  # [rows] pending or last prompt token
+        return tree_shape(root, draft)
 
     def finalize(self, state: DecodeState) -> list[list[Candidate]]:
         run: _Run = state.extra[_RUN]
@@ -112,6 +149,7 @@ class DraftVerify(Strategy):
             "stat_tokens_per_step": new_tokens / max(run.row_steps, 1),
             "stat_target_forwards_per_token": (1 + run.target_forwards) * state.rows / new_tokens,
             "stat_draft_tokens": run.k,
+            "stat_tree_verifies": run.tree_verifies,
         })
         return super().finalize(state)
 
@@ -129,30 +167,41 @@ class DraftVerify(Strategy):
             logits = proc(logits, history)
         return apply_processors(self.processors, logits, history) if self.processors else logits
 
-    def _process_block(self, state: DecodeState, logits: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    def _process_block(self, state: DecodeState, logits: torch.Tensor, drafts: torch.Tensor,
+                       tree: TreeShape | None = None) -> torch.Tensor:
         """Processed scores ``[rows, k + 1, V]`` of ``logits [rows, k + 1, V]``: position i sees the
-        row's tokens followed by ``drafts[:, :i]`` (``[rows, k]``) as its history."""
+        row's tokens followed by ``drafts[:, :i]`` (``[rows, k]``) as its history; in a tree, node
+        i's path."""
         if not self.processors and not state.user_processors:
             return logits
+        if tree is not None:
+            return torch.stack([self._process(state, logits[:, i], node_history(state, tree, i))
+                                for i in range(logits.shape[1])], 1)
         history = DraftHistory(state, drafts.shape[1])
         history.write_all(drafts)
         return torch.stack([self._process(state, logits[:, i], history.history(i))
                             for i in range(logits.shape[1])], 1)
 
     @staticmethod
-    def _score(state: DecodeState, drafts: torch.Tensor, active: torch.Tensor, hidden: bool) -> torch.Tensor:
+    def _score(state: DecodeState, drafts: torch.Tensor, active: torch.Tensor, hidden: bool,
+               tree: TreeShape | None = None) -> torch.Tensor:
         """One target pass over ``[pending, drafts]``; returns logits ``[rows, k + 1, V]``.
 
         The new columns are masked for finished rows (they gain nothing). Without a pending token
         (first step) the prefill's ``next_logits`` give position 0. With ``hidden`` the last hidden
         states of the pass go to ``state.extra["_spec_hidden"]`` (``[rows, T, H]``, T new columns).
+        With a ``tree`` each node sees only its ancestors (:func:`.tree.tree_attention`).
         """
         feed = drafts if state.pending is None else torch.cat([state.pending[:, None], drafts], 1)  # [rows, T]
         if feed.shape[1] == 0:
             return state.next_logits[:, None]  # [rows, 1, V]
-        new = active.long()[:, None].expand(-1, feed.shape[1])  # [rows, T]
-        mask = torch.cat([state.attention_mask, new], 1)  # [rows, S + T]
-        out = state.lm.forward(feed, state.cache, mask, hidden=hidden)
+        if tree is None:
+            new = active.long()[:, None].expand(-1, feed.shape[1])  # [rows, T]
+            mask = torch.cat([state.attention_mask, new], 1)  # [rows, S + T]
+            out = state.lm.forward(feed, state.cache, mask, hidden=hidden)
+        else:
+            mask, attend, pos = tree_attention(state.attention_mask, tree, active, state.pending is not None)
+            out = state.lm.forward(feed, state.cache, mask, hidden=hidden, attend=attend, position_ids=pos)
         state.attention_mask = mask
         if hidden:
             state.extra["_spec_hidden"] = out.hidden  # [rows, T, H]
@@ -170,10 +219,11 @@ class DraftVerify(Strategy):
         keep = (j < (T - k + accepted)[:, None]) & active[:, None]  # [rows, T]
         state.attention_mask[:, -T:] = keep.to(state.attention_mask.dtype)
 
-    def _account(self, state, run: _Run, count, accepted, active) -> None:
-        """Counters, the adaptive draft length, and cropping columns no row uses (one host sync)."""
+    def _account(self, state, run: _Run, count, longest, accepted, active) -> None:
+        """Counters, the adaptive draft length, and cropping columns no row uses (one host sync).
+        ``count [rows]``: drafts (tree nodes) proposed; ``longest [rows]``: the longest candidate."""
         has = active & (count > 0)  # [rows]
-        full = has & (accepted == count)  # [rows]
+        full = has & (accepted == longest)  # [rows]
         vals = torch.stack([accepted.sum(), torch.where(has, count, 0).sum(),
                             has.sum(), active.sum(), full.any().long(), trailing_unused(state.attention_mask)])
         acc, proposed, verifies, running, any_full, unused = vals.tolist()  # the step's one host sync

@@ -42,6 +42,9 @@ class Verified:
 
     tokens: torch.Tensor  # [rows, k + 1] long: emitted tokens, valid up to accepted + 1
     accepted: torch.Tensor  # [rows] long: accepted drafts, 0..count
+    # [rows, k + 1] long: tree verification: the node (fed index) each emitted token was chosen at;
+    # None for a chain (token i at position i)
+    path: torch.Tensor | None = None
 
 
 def race(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
