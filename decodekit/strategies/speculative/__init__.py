@@ -13,9 +13,10 @@ speculative sampling (output distribution == the target's), in batches where row
 numbers of drafts (BASS). New proposers subclass :class:`DraftVerify` and return a
 :class:`~decodekit.strategies.speculative.proposer.Proposer` from ``make_proposer``.
 
-Token trees (:mod:`.tree`, :mod:`.trie`): ``prompt_lookup`` with ``num_candidates > 1`` verifies
-several continuations at once through a tree attention mask (SpecInfer / Medusa style), where the
-model takes a 4-D mask; elsewhere it verifies its best candidate as a chain. Still lossless.
+Token trees (:mod:`.tree`, :mod:`.trie`): ``prompt_lookup`` with ``num_candidates > 1`` and
+``blockwise`` with ``tree_top_k > 1`` (:mod:`.heads_tree`) verify several continuations at once
+through a tree attention mask (SpecInfer / Medusa style), where the model takes a 4-D mask;
+elsewhere they verify their best candidate as a chain. Still lossless.
 
 Example:
     >>> import decodekit

@@ -16,6 +16,10 @@ Acceptance criteria (Stern §4):
 
 ``do_sample=True`` uses the heads' (processed) distributions as q in lossless speculative sampling.
 
+``tree_top_k > 1`` (Medusa-style, :mod:`.heads_tree`): also draft the heads' 2nd..k-th guesses
+and verify all candidates in one pass as a token tree (exact criterion; where the model takes a 4-D
+mask, else the best chain as above).
+
 Example:
     >>> heads, _ = load_heads("heads.safetensors")                                  # doctest: +SKIP
     >>> decodekit.generate(lm, "Explain ...", "blockwise", heads=heads).stats.extra  # doctest: +SKIP
@@ -33,6 +37,7 @@ from decodekit.registry import register_strategy
 from decodekit.state import DecodeState
 from decodekit.strategies.speculative.config import DraftVerifyConfig
 from decodekit.strategies.speculative.heads import BlockwiseHeads, load_heads
+from decodekit.strategies.speculative.heads_tree import heads_tree
 from decodekit.strategies.speculative.proposer import Draft, DraftContext, DraftHistory
 from decodekit.strategies.speculative.strategy import DraftVerify
 from decodekit.strategies.speculative.verify import Verified, race
@@ -50,6 +55,8 @@ class BlockwiseConfig(DraftVerifyConfig):
     criterion: Literal["exact", "top_k"] = field(default="exact", metadata={"help": "Stern's acceptance criterion"})
     accept_top_k: int = field(default=2, metadata={"help": "criterion=top_k: accept proposals among the target's top k"})
     min_block: int = field(default=1, metadata={"help": "accept at least this many tokens per step (1 = exact)"})
+    tree_top_k: int = field(default=1, metadata={
+        "help": "Medusa-style token tree: also verify each head's top-k alternatives (1 = a chain)"})
 
     def validate(self) -> None:
         super().validate()
@@ -59,6 +66,9 @@ class BlockwiseConfig(DraftVerifyConfig):
         approximate = self.criterion != "exact" or self.min_block > 1
         check(not (approximate and self.do_sample),
               "blockwise: criterion='top_k' and min_block > 1 are greedy criteria; not with do_sample=True")
+        check(1 <= self.tree_top_k <= 8, f"blockwise: tree_top_k must be in 1..8, got {self.tree_top_k}")
+        check(not (approximate and self.tree_top_k > 1),
+              "blockwise: tree_top_k > 1 verifies token trees exactly; not with criterion='top_k' or min_block > 1")
         check(self.heads is None or isinstance(self.heads, (BlockwiseHeads, str)) or hasattr(self.heads, "__fspath__"),
               f"blockwise: heads must be BlockwiseHeads or a path, got {type(self.heads).__name__}")
 
@@ -98,8 +108,10 @@ class HeadsProposer:
     gives_probs = True
     needs_hidden = True
 
-    def __init__(self, heads: BlockwiseHeads):
+    def __init__(self, heads: BlockwiseHeads, tree_top_k: int = 1):
         self.heads = heads
+        self.tree_top_k = tree_top_k
+        self.makes_trees = tree_top_k > 1  # Medusa-style trees where the strategy allows them
 
     def start(self, state: DecodeState) -> None:
         if self.heads.hidden_size != state.lm.config.hidden_size:
@@ -112,6 +124,8 @@ class HeadsProposer:
         n = min(k, self.heads.num_heads)
         if h is None or n == 0:
             return Draft.empty(state)
+        if ctx.tree and self.tree_top_k > 1:
+            return heads_tree(self.heads, state, h, n, self.tree_top_k, ctx)
         lm_head, embed = state.lm.model.get_output_embeddings(), state.lm.model.get_input_embeddings()
         dtype = self.heads.blocks[0].linear.weight.dtype
         history = DraftHistory(state, n)
@@ -134,9 +148,11 @@ class HeadsProposer:
 
     def accepted(self, state: DecodeState, draft: Draft, accepted: torch.Tensor) -> None:
         hidden = state.extra.pop("_spec_hidden", None)  # [rows, T, H]: T = k + 1 (pending + drafts)
+        last = state.extra.pop("_spec_last_node", None)  # [rows]: a tree's final node (its column)
         if hidden is None or hidden.shape[1] != draft.tokens.shape[1] + 1:
             return  # first step (nothing pending was fed): no hidden state yet
-        index = accepted[:, None, None].expand(-1, 1, hidden.shape[-1])  # [rows, 1, H]
+        at = accepted if last is None else last  # [rows]: the column that predicted the new pending token
+        index = at[:, None, None].expand(-1, 1, hidden.shape[-1])  # [rows, 1, H]
         state.extra["_bpd_hidden"] = hidden.gather(1, index)[:, 0]  # [rows, H]
 
 
@@ -146,6 +162,7 @@ class Blockwise(DraftVerify):
 
     Example:
         >>> decodekit.generate(lm, prompt, "blockwise", heads="heads.safetensors")  # doctest: +SKIP
+        >>> decodekit.generate(lm, prompt, "blockwise", heads="heads.safetensors", tree_top_k=3)  # doctest: +SKIP
     """
 
     Config = BlockwiseConfig
@@ -159,7 +176,7 @@ class Blockwise(DraftVerify):
         if self.heads is None:  # untrained: every head starts as the model's own head
             self.heads = BlockwiseHeads(state.lm.config.hidden_size, self.config.num_heads)
         self.heads.to(device=state.lm.device).eval()
-        return HeadsProposer(self.heads)
+        return HeadsProposer(self.heads, self.config.tree_top_k)
 
     def verify(self, state: DecodeState, scores: torch.Tensor, draft: Draft) -> Verified:
         c = self.config

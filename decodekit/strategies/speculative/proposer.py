@@ -16,7 +16,8 @@ A deterministic proposer with ``makes_trees = True`` may return a *token tree* i
 when ``ctx.tree`` is True (the model takes a 4-D mask): ``Draft.parents`` then gives each node's
 parent, and several candidate continuations are verified in one pass (:mod:`.tree`; build one with
 :func:`~decodekit.strategies.speculative.trie.merge_candidates`); ``accepted`` then reports the
-depth of the accepted path. With ``ctx.tree`` False it must return a chain (its best single
+depth of the accepted path, and ``state.extra["_spec_last_node"]`` (``[rows]`` long) its final
+node's fed index (0 = the pending token, j + 1 = node j), e.g. to pick hidden states. With ``ctx.tree`` False it must return a chain (its best single
 candidate).
 
 Example (a proposer that always proposes token 7):

@@ -117,6 +117,7 @@ class DraftVerify(Strategy):
             v = tree_verify(scores, tree, self.config.do_sample, state.generator)
             accepted = torch.where(active, v.accepted, 0)  # [rows]
             keep_path_columns(state, v.path, accepted, active, state.pending is not None)
+            state.extra["_spec_last_node"] = v.path.gather(1, accepted[:, None])[:, 0]  # [rows]: for proposers
             logits = logits.gather(1, v.path[..., None].expand(-1, -1, logits.shape[-1]))  # [rows, k + 1, V]
         proposer.accepted(state, draft, accepted)
         self._account(state, run, draft.count, draft.count if tree is None else tree.longest, accepted, active)

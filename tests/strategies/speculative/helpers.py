@@ -8,6 +8,7 @@ import decodekit
 from decodekit.loop import prefill
 from decodekit.stopping import Stopping
 from decodekit.strategies.speculative import Draft, DraftVerify, DraftVerifyConfig
+from tests.toy import tiny_lm
 
 
 class RandomProposer:
@@ -72,3 +73,19 @@ def check_cache_content(state, atol: float = 1e-4) -> None:
         ids = state.ids[r, int(state.start[r]): int(state.end[r])][None]  # [1, n]
         want = lm.forward(ids, lm.new_cache(), torch.ones_like(ids)).logits[0, -1]  # [V]
         torch.testing.assert_close(got[r], want, atol=atol, rtol=1e-4)
+
+
+def lm_without_4d_masks(mode: str) -> decodekit.LM:
+    """A tiny LM whose model refuses 4-D masks (``raise``) or silently uses a causal mask (``ignore``)."""
+    lm = tiny_lm()
+    original = lm.model.forward
+
+    def forward(*args, attention_mask=None, **kw):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if mode == "raise":
+                raise ValueError("no 4-D masks here")
+            attention_mask = None
+        return original(*args, attention_mask=attention_mask, **kw)
+
+    lm.model.forward = forward
+    return lm

@@ -17,7 +17,7 @@ from decodekit.strategies.speculative import Draft, DraftVerify, PromptLookupCon
 from decodekit.strategies.speculative.prompt_lookup import lookup, lookup_candidates
 from decodekit.strategies.speculative.tree import tree_attention, tree_shape, tree_verify
 from decodekit.strategies.speculative.trie import merge_candidates
-from tests.strategies.speculative.helpers import check_cache_content, run_steps
+from tests.strategies.speculative.helpers import check_cache_content, lm_without_4d_masks, run_steps
 from tests.toy import EOS, ByteTokenizer, tiny_lm as make_tiny_lm, tiny_model
 
 PROMPTS = ["hello hello hello world", "abcabcabcabc", "the cat sat on the mat. the cat", "x",
@@ -231,25 +231,9 @@ def test_hand_built_tree_takes_the_right_branch(sharp_lm):
 
 
 # ---------------------------------------------------------------------------- fallback to chains
-def _lm_without_4d_masks(mode: str) -> decodekit.LM:
-    """A tiny LM whose model refuses 4-D masks (``raise``) or silently uses a causal mask (``ignore``)."""
-    lm = make_tiny_lm()
-    original = lm.model.forward
-
-    def forward(*args, attention_mask=None, **kw):
-        if attention_mask is not None and attention_mask.dim() == 4:
-            if mode == "raise":
-                raise ValueError("no 4-D masks here")
-            attention_mask = None
-        return original(*args, attention_mask=attention_mask, **kw)
-
-    lm.model.forward = forward
-    return lm
-
-
 @pytest.mark.parametrize("mode", ["raise", "ignore"])
 def test_falls_back_to_the_chain_without_4d_masks(greedy, mode):
-    lm = _lm_without_4d_masks(mode)
+    lm = lm_without_4d_masks(mode)
     assert not lm.accepts_4d_mask()
     got = decodekit.generate(lm, PROMPTS, "prompt_lookup", max_new_tokens=NEW, chat=False, num_candidates=4)
     chain = decodekit.generate(lm, PROMPTS, "prompt_lookup", max_new_tokens=NEW, chat=False)
