@@ -208,8 +208,10 @@ def commit(state: DecodeState, beams: Beams, sel: Selection) -> StepOutput:
     beams.hyps.update_open(best, beams.never_denominator if use_max else float(gen_len) ** s.length_penalty)
     full_stop = beams.hyps.full & (s.early_stopping is True)  # [units]
     beams.closed = closed | ~beams.hyps.open | full_stop | sel.hit.all(1)
-    parent = torch.where(closed[:, None], beams.rows_of, sel.kept("parent"))  # [units, width]
-    token = torch.where(closed[:, None], beams.pad, sel.kept("token"))  # [units, width]
+    # a unit closed by now keeps its rows where they are (they are done): the rows of a unit that
+    # closes at this step stay the parents of its last hypotheses, so their traces stay with them
+    parent = torch.where(beams.closed[:, None], beams.rows_of, sel.kept("parent"))  # [units, width]
+    token = torch.where(beams.closed[:, None], beams.pad, sel.kept("token"))  # [units, width]
     beams.score = torch.where(closed[:, None], beams.score, sel.kept_score)
     dest, index = _assign(beams.rows_of.tolist(), parent.tolist())
     if index is not None:  # some row changes: move those rows (ids, masks, KV cache ...)
