@@ -1,9 +1,10 @@
-"""compare's outputs, all built from the same column list: a rich table, JSON and CSV.
+"""compare's outputs, all built from the same column list: rich tables, JSON and CSV.
 
-* table: one row per strategy, one column per metric;
-* JSON: the settings, the prompts, the columns (key, header, help) and per strategy its config,
-  metrics, totals and the per-prompt outputs (text, new tokens, mean log-prob, finish reason, and the
-  other returned sequences where there are several);
+* tables: one per column group (:data:`~decodekit.cli.columns.GROUPS`), one row per strategy;
+* JSON: the settings, the prompts, the columns (key, header, group, help) and per strategy its config,
+  metrics, totals, the mean smoothed entropy by position (when traced) and the per-prompt outputs
+  (text, new tokens, mean log-prob, finish reason, the other returned sequences where there are
+  several, and the monitors' flags when compare was given monitors);
 * CSV: one row per strategy: ``spec``, ``strategy``, then one field per column key.
 """
 
@@ -20,21 +21,33 @@ from rich.console import Console
 from rich.table import Table
 
 from decodekit import metrics
-from decodekit.cli.columns import Column
+from decodekit.cli.columns import GROUPS, Column
+from decodekit.cli.entropy import mean_by_position
 from decodekit.cli.prompts import Prompt
 from decodekit.cli.runs import StrategyRun
 from decodekit.cli.specs import config_dict
 
-__all__ = ["table", "print_table", "to_json", "to_csv", "dumps", "write"]
-
-CAPTION = ("dist-n: distinct n-grams / all n-grams across outputs; rep-4: share of 4-grams repeated within "
-           "an output; logp/tok: mean model log-prob per new token (all over model tokens of the best "
-           "output of each prompt)")
+__all__ = ["table", "tables", "print_table", "to_json", "to_csv", "dumps", "write"]
 
 
-def table(runs: Sequence[StrategyRun], columns: Sequence[Column], title: str = "") -> Table:
+def tables(runs: Sequence[StrategyRun], columns: Sequence[Column]) -> list[Table]:
+    """One table per column group that has something to show, in :data:`GROUPS` order: optional
+    columns without any value are left out, and so are groups whose ``show(runs)`` is false."""
+    out = []
+    for key, group in GROUPS.items():
+        cols = [c for c in columns if c.group == key and not (c.optional and all(c.compute(r) is None for r in runs))]
+        if cols and group.show(runs):
+            out.append(table(runs, cols, group.title, group.caption))
+    rest = [c for c in columns if c.group not in GROUPS]
+    if rest:
+        out.append(table(runs, rest, "other"))
+    return out
+
+
+def table(runs: Sequence[StrategyRun], columns: Sequence[Column], title: str = "", caption: str = "") -> Table:
     """A rich table: one row per strategy run."""
-    out = Table(title=title or None, caption=CAPTION, caption_justify="left", box=box.SIMPLE_HEAD)
+    out = Table(title=title or None, caption=caption or None, caption_justify="left", box=box.SIMPLE_HEAD,
+                title_justify="left", title_style="bold")
     parts = [part for run in runs for part in run.spec.label.replace(",", ", ").split()]
     out.add_column("strategy", style="bold cyan", overflow="fold",
                    min_width=min(26, max(map(len, parts), default=8)))
@@ -51,13 +64,14 @@ def to_json(runs: Sequence[StrategyRun], columns: Sequence[Column], prompts: Seq
     return {
         "settings": settings,
         "prompts": [{"prompt": p.prompt, **p.meta} for p in prompts],
-        "columns": [{"key": c.key, "header": c.header, "help": c.help} for c in columns],
+        "columns": [{"key": c.key, "header": c.header, "group": c.group, "help": c.help} for c in columns],
         "strategies": [_run_json(run, columns) for run in runs],
     }
 
 
 def _run_json(run: StrategyRun, columns: Sequence[Column]) -> dict[str, Any]:
     outputs = []
+    flags = run.prompt_flags()
     for i, cands in enumerate(run.candidates):
         best = cands[0]
         item = {"prompt": i, "text": best.text, "new_tokens": len(best.token_ids),
@@ -65,16 +79,26 @@ def _run_json(run: StrategyRun, columns: Sequence[Column]) -> dict[str, Any]:
                 "finish_reason": best.finish_reason}
         if len(cands) > 1:
             item["alternatives"] = [c.text for c in cands[1:]]
+        if run.monitors:
+            item["flags"] = [{"step": f.step, "monitor": f.monitor, "action": f.action, "detail": f.detail}
+                             for f in flags[i]]
         outputs.append(item)
-    return {
+    out = {
         "spec": run.spec.label,
         "strategy": run.spec.name,
         "config": config_dict(run.strategy.config),
         "seed": run.seed,
         "metrics": {c.key: c.compute(run) for c in columns},
         "stats": run.stats(),
-        "outputs": outputs,
     }
+    if run.monitors:
+        out["stats"]["monitored_tokens"] = run.monitored_tokens
+    traces = run.entropy_traces()
+    if traces is not None:
+        out["entropy"] = {"traced_tokens": sum(map(len, traces)),
+                          "mean_smoothed_entropy": [_finite(float(v)) for v in mean_by_position(traces)]}
+    out["outputs"] = outputs
+    return out
 
 
 def to_csv(runs: Sequence[StrategyRun], columns: Sequence[Column]) -> str:
@@ -103,7 +127,12 @@ def dumps(data: dict) -> str:
 
 
 def print_table(runs: Sequence[StrategyRun], columns: Sequence[Column], title: str, stderr: bool) -> None:
-    Console(stderr=stderr).print(table(runs, columns, title))
+    """Print ``title`` and the tables of :func:`tables`."""
+    console = Console(stderr=stderr)
+    console.print(title, style="bold")
+    for t in tables(runs, columns):
+        console.print()
+        console.print(t)
 
 
 def _finite(v: float) -> float | None:

@@ -30,7 +30,7 @@ from decodekit import strategies
 from decodekit.api import make_strategy
 from decodekit.strategies.base import Strategy
 
-__all__ = ["Spec", "StrategyOptions", "field_hints", "coerce", "parse_assignments", "parse_spec",
+__all__ = ["Spec", "StrategyOptions", "field_hints", "coerce", "parse_assignments", "split_spec", "parse_spec",
            "check_options", "build_strategy", "config_dict"]
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -120,17 +120,23 @@ def parse_assignments(pairs: typing.Iterable[str], what: str = "-o") -> dict[str
 
 def parse_spec(text: str) -> Spec:
     """``"beam:num_beams=4"`` -> ``Spec("beam", {"num_beams": 4})``; ``seed=N`` sets the spec's seed."""
-    name, _, rest = text.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise click.UsageError(f"empty strategy in spec {text!r}; write e.g. sample:temperature=0.7")
+    name, raw = split_spec(text, "strategy", "sample:temperature=0.7")
     hints = field_hints(name)  # unknown strategy -> ValueError listing the names
-    # split on commas that start a new key=value (so list values like [1,2] keep their commas)
-    pairs = [p for p in re.split(r",(?=\s*[A-Za-z_][\w-]*\s*=)", rest) if p.strip()] if rest else []
-    raw = parse_assignments(pairs, what=f"spec {text!r}")
     seed = raw.pop("seed", None)
     options = convert(name, raw, hints)
     return Spec(name, options, None if seed is None else _seed(seed))
+
+
+def split_spec(text: str, kind: str = "strategy", example: str = "sample:temperature=0.7"
+               ) -> tuple[str, dict[str, str]]:
+    """``"NAME:k=v,k2=[1,2]"`` -> ``("NAME", {"k": "v", "k2": "[1,2]"})`` (values stay strings)."""
+    name, _, rest = text.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise click.UsageError(f"empty {kind} in spec {text!r}; write e.g. {example}")
+    # split on commas that start a new key=value (so list values like [1,2] keep their commas)
+    pairs = [p for p in re.split(r",(?=\s*[A-Za-z_][\w-]*\s*=)", rest) if p.strip()] if rest else []
+    return name, parse_assignments(pairs, what=f"spec {text!r}")
 
 
 def convert(name: str, raw: dict[str, Any], hints: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Entropy traces per strategy as a PNG (matplotlib, the ``plot`` extra).
+"""Entropy traces per strategy as a PNG (matplotlib).
 
 For each strategy, the mean over rows of a traced signal (default ``smoothed_entropy``) at every
 generated position, over the stable entropy zone of a band (Arora et al. 2023, arXiv:2302.06784):
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from decodekit.monitors.band import Band
 from decodekit.state import Generation
 
-__all__ = ["mean_trace", "plot_traces"]
+__all__ = ["mean_trace", "plot_traces", "plot_series"]
 
 
 def mean_trace(gen: Generation, signal: str) -> np.ndarray:
@@ -41,6 +41,20 @@ def mean_trace(gen: Generation, signal: str) -> np.ndarray:
 def plot_traces(runs: Mapping[str, Generation], path: str | os.PathLike, *, signal: str = "smoothed_entropy",
                 band: Band | None = None, a: float = 1.5, zone: str = "flat", title: str = "") -> Path:
     """Write one PNG with a line per strategy (``runs``: label -> Generation) and the band's zone."""
+    series = {label: mean_trace(gen, signal) for label, gen in runs.items()}
+    return plot_series(series, path, band=band, a=a, zone=zone, ylabel=f"{signal} (nats)",
+                       title=title or f"{signal} per strategy (mean over prompts)")
+
+
+def plot_series(series: Mapping[str, Sequence[float] | np.ndarray], path: str | os.PathLike, *,
+                band: Band | None = None, a: float = 1.5, zone: str = "flat", title: str = "",
+                ylabel: str = "smoothed entropy (nats)") -> Path:
+    """Write one PNG with a line per entry of ``series`` (label -> ``[positions]`` values, nan = no
+    data) over the band's zone ``bounds(t, a, zone)`` (none if ``band`` is None). Returns the path.
+
+    Example:
+        >>> plot_series({"greedy": [2.0, 1.5, 1.1], "sample": [2.2, 2.6, 2.9]}, "h.png")  # doctest: +SKIP
+    """
     try:
         import matplotlib
 
@@ -50,21 +64,20 @@ def plot_traces(runs: Mapping[str, Generation], path: str | os.PathLike, *, sign
         raise ImportError("plots need matplotlib: pip install matplotlib") from None
     fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
     longest = 1
-    for label, gen in runs.items():
-        y = mean_trace(gen, signal)
+    for label, values in series.items():
+        y = np.asarray(values, dtype=float)
         longest = max(longest, len(y))
         ax.plot(np.arange(len(y)), y, label=label, linewidth=1.4)
     if band is not None and not math.isinf(a):
         t = torch.arange(longest)
         lo, hi = band.bounds(t, a, zone)
         ax.fill_between(t.numpy(), lo.numpy(), hi.numpy(), color="grey", alpha=0.2,
-                        label=f"stable entropy zone (±{a:g} std)")
+                        label=f"stable entropy zone ({zone}, ±{a:g} std)")
     ax.set_xlabel("generated token")
-    ax.set_ylabel(f"{signal} (nats)")
-    ax.set_title(title or f"{signal} per strategy (mean over prompts)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "per strategy (mean over prompts)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
     return out

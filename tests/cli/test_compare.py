@@ -16,7 +16,8 @@ from tests.cli.conftest import assert_one_line_error
 
 SPECS = ("-s", "greedy", "-s", "sample:temperature=0.7,top_p=0.9")
 KEYS = ["prompts", "new_tokens_mean", "tokens_per_s", "distinct_1", "distinct_2", "repetition_rate",
-        "mean_logprob"]
+        "mean_logprob", "seq_rep_4", "loop_rate", "returned_per_prompt", "returned_distinct_1",
+        "returned_distinct_2", "self_bleu", "edit_distance", "band_above", "band_below"]
 
 
 @pytest.fixture
@@ -96,7 +97,10 @@ def test_default_specs_and_limit(run):
     specs = [s["spec"] for s in data["strategies"]]
     assert specs[:2] == ["greedy", "sample:temperature=0.7,top_p=0.9"]
     if "beam" in decodekit.STRATEGIES:
-        assert specs[2] == "beam:num_beams=4"
+        assert specs[2] == "beam:num_beams=4,num_return_sequences=4"
+    if "diverse_beam" in decodekit.STRATEGIES:
+        assert specs[3] == ("diverse_beam:num_beams=4,num_beam_groups=4,diversity_penalty=1.0,"
+                            "num_return_sequences=4")
     assert len(data["prompts"]) == 2 and data["strategies"][0]["metrics"]["prompts"] == 2
 
 
