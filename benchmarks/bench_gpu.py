@@ -5,7 +5,8 @@ Llama-3.2-1B and Llama-3.1-8B shapes built on the GPU. Rows, each measured side 
 new token (median of ``--runs`` timed runs after a warm-up run):
 
 * transformers eager greedy; transformers static cache + torch.compile greedy (first call = compile);
-* decodekit greedy, eager (``cuda_graphs=False``) and on the graph path (first call incl. capture);
+* decodekit greedy, eager (``cuda_graphs=False``) and on the graph path (first call incl. capture),
+  with decodekit's fused Llama step (the default) and with transformers' forward in the graph;
 * decodekit greedy with a torch.compile'd step captured in decodekit's graph (``--compile``);
 * decodekit beam 4 vs transformers beam 4; decodekit prompt lookup on a summarisation prompt (real
   model) against decodekit greedy on the same prompt, with tokens-identical and mean accepted;
@@ -180,6 +181,13 @@ class Bench:
             if lm.fast is not None:
                 self.where_time_goes()
 
+        def unfused():
+            lm.fast = FastPath(lm, fused=False)  # transformers' own forward inside decodekit's graphs
+            t = median_time(lambda: self.dk(prompt, n=n, eos=False), runs)
+            self.add(self.name, "decodekit greedy (graph path, transformers' forward)", 1e3 * t / n,
+                     "fused=False: the model's own layers captured")
+            lm.fast = None
+
         def beam():
             names = decodekit.strategies.available()
             if "beam" not in names:
@@ -191,6 +199,7 @@ class Bench:
 
         self.guarded("decodekit eager greedy", eager)
         self.guarded("decodekit greedy (graph path)", graph)
+        self.guarded("decodekit greedy (graph path, transformers' forward)", unfused)
         for mode in self.args.compile:
             self.guarded(f"decodekit greedy, compile {mode} in graph", lambda m=mode: self.compiled(prompt, n, m))
         lm.fast = None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from decodekit.cpu_head import PlainHead
 from decodekit.fast import FastCache, FastPath, unsupported_reason
 from decodekit.models import load_model
 
@@ -89,6 +90,7 @@ class LM:
         self.cuda_graphs = cuda_graphs
         self.fast: FastPath | None = None
         self._accepts_4d: bool | None = None  # probed on the first accepts_4d_mask()
+        self._head = PlainHead.of(model)  # small-batch logits on the CPU (decodekit.cpu_head)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -177,6 +179,11 @@ class LM:
 
     def _run(self, input_ids, cache, mask, position_ids, last_only: bool = False, hidden: bool = False):
         # input_ids [rows, T]; mask [rows, S + T] long or [rows, 1, T, S + T] additive; position_ids [rows, T]
+        keep = 1 if last_only else input_ids.shape[1]
+        if self._head is not None and self._head.applies(input_ids.shape[0] * keep):  # see decodekit.cpu_head
+            return self._head.run(self.model, 1 if last_only else 0, hidden, input_ids=input_ids,
+                                  attention_mask=mask, position_ids=position_ids,
+                                  **{self._cache_kw: cache}, use_cache=True)
         return self.model(
             input_ids=input_ids,
             attention_mask=mask,
