@@ -135,6 +135,8 @@ def compare(specs, prompts_file, limit, max_new_tokens, batch_size, seed, chat, 
     columns = columns_for(runs)
     to_stdout = "-" in (json_out, csv_out)
     title = f"{len(prompts)} prompts, up to {max_new_tokens} new tokens, batch size {batch_size}"
+    if zone is not None:
+        title += f"; entropy zone: {zone.describe()}"
     if not (quiet and to_stdout):
         report.print_table(runs, columns, title, stderr=to_stdout)
     stdout = sys.stdout
