@@ -177,9 +177,11 @@ class DecodeState:
         self.traces = {k: v.index_select(0, index) for k, v in self.traces.items()}
         self.finish = [self.finish[i] for i in index.tolist()]
 
-    def tokens_of(self, row: int) -> list[int]:
-        """Generated tokens of one row (host copy)."""
-        return self.ids[row, self.prompt_width: self.prompt_width + int(self.n_new[row])].tolist()
+    def tokens_of(self, row: int, last: int | None = None) -> list[int]:
+        """Generated tokens of one row (host copy); with ``last``, only the last ``last`` of them."""
+        end = self.prompt_width + int(self.n_new[row])
+        start = self.prompt_width if last is None else max(self.prompt_width, end - last)
+        return self.ids[row, start:end].tolist()
 
     def logprobs_of(self, row: int) -> list[float]:
         return self.logprobs[row, : int(self.n_new[row])].tolist()

@@ -2,7 +2,10 @@
 
 Token-level checks (EOS, length) run on the device on the step's tokens before they are appended:
 a row keeps the tokens up to and including its first EOS, and never more than its limit. Stop strings
-need text, so they are checked on the host, only for rows that still run and only when given.
+need text, so they are checked on the host, only for rows that still run and only when given, on
+the text of each row's last tokens only (``STOP_WINDOW`` plus the longest stop string's length in
+tokens: a step adds at most that many, and a token decodes to at least one character), so the
+check costs the same at every length.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import torch
 
 from decodekit.state import DecodeState, StepOutput
 
-__all__ = ["Stopping"]
+__all__ = ["Stopping", "STOP_WINDOW"]
+
+STOP_WINDOW = 64  # tokens one step may add (speculative steps add up to max_draft_tokens + 1)
 
 
 @dataclass
@@ -95,8 +100,9 @@ class Stopping:
 
     def _stop_string_rows(self, state: DecodeState) -> torch.Tensor:
         hits = torch.zeros_like(state.done)
+        window = STOP_WINDOW + max(len(s) for s in self.stop_strings)  # tokens
         for r in torch.nonzero(~state.done).flatten().tolist():
-            text = state.lm.decode(state.tokens_of(r))
+            text = state.lm.decode(state.tokens_of(r, last=window))
             if any(s in text for s in self.stop_strings):
                 hits[r] = True
         return hits

@@ -94,6 +94,21 @@ def test_max_new_tokens_per_row_and_stop_strings(tiny_lm):
     assert gen.finish_reasons == ["stop_string"]
 
 
+def test_stop_strings_are_found_far_beyond_the_check_window(tiny_lm, monkeypatch):
+    import decodekit.stopping
+
+    monkeypatch.setattr(decodekit.stopping, "STOP_WINDOW", 2)  # the window a step really needs: 1 token
+    free = decodekit.generate(tiny_lm, "a long one", "sample", seed=1, max_new_tokens=90)
+    ids = free.token_ids[0]
+    # a 3-character stop string (3 ASCII byte tokens) whose first occurrence ends late in the text
+    ascii_ = lambda t: 3 + 32 <= t < 3 + 127
+    end = next(e for e in range(len(ids) - 10, 60, -1)
+               if all(map(ascii_, ids[e - 3:e])) and tiny_lm.decode(ids[e - 3:e]) not in tiny_lm.decode(ids[:e - 1]))
+    stop = tiny_lm.decode(ids[end - 3:end])
+    gen = decodekit.generate(tiny_lm, "a long one", "sample", seed=1, max_new_tokens=90, stop_strings=[stop])
+    assert gen.token_ids[0] == ids[:end] and gen.finish_reasons == ["stop_string"]
+
+
 def test_stream_callback_concatenates_to_texts(tiny_lm):
     pieces: dict[int, str] = {}
     gen = decodekit.generate(tiny_lm, ["one", "two"], max_new_tokens=8,
