@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from decodekit.config import StrategyConfig, check
 from decodekit.processors import build_processors
@@ -31,8 +31,13 @@ _SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0
 class DraftVerifyConfig(StrategyConfig):
     strategy_name = "draft_verify"
     draft_tokens: int = field(default=4, metadata={"help": "draft tokens per verify (the start value when adaptive)"})
-    adaptive: bool = field(default=True, metadata={"help": "grow the draft by 2 when a row accepts it all, else shrink by 1"})
+    adaptive: bool = field(default=True, metadata={"help": "adapt the draft length (draft_policy); False = always draft_tokens"})
     max_draft_tokens: int = field(default=16, metadata={"help": "upper bound of the adaptive draft length"})
+    draft_policy: Literal["schedule", "cost"] = field(default="schedule", metadata={
+        "help": "schedule: grow by 2 when a row accepts all, else shrink by 1; cost: draft max_draft_tokens, "
+                "verify the width that maximises expected tokens per verify cost (cheap proposers only)"})
+    verify_cost: tuple = field(default=(), metadata={
+        "help": "(row, overhead, token): verify pass cost in one-token passes (empty = the device's default)"})
     do_sample: bool = field(default=False, metadata={"help": "speculative sampling (lossless); False = greedy verification"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0), on target and draft"})
     top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens (0 = off), on target and draft"})
@@ -46,6 +51,9 @@ class DraftVerifyConfig(StrategyConfig):
         check(self.draft_tokens >= 1, f"{name}: draft_tokens must be >= 1, got {self.draft_tokens}")
         check(self.max_draft_tokens >= self.draft_tokens,
               f"{name}: max_draft_tokens ({self.max_draft_tokens}) must be >= draft_tokens ({self.draft_tokens})")
+        check(len(self.verify_cost) in (0, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and v >= 0 for v in self.verify_cost),
+              f"{name}: verify_cost must be () or three numbers >= 0 (row, overhead, token), got {self.verify_cost!r}")
         if not self.do_sample:
             for key, default in _SAMPLING_DEFAULTS.items():
                 value = getattr(self, key)
@@ -66,6 +74,9 @@ class PromptLookupConfig(DraftVerifyConfig):
     strategy_name = "prompt_lookup"
     draft_tokens: int = field(default=8, metadata={"help": "tokens copied after an n-gram match (start value when adaptive)"})
     max_draft_tokens: int = field(default=16, metadata={"help": "upper bound of the adaptive draft length"})
+    draft_policy: Literal["schedule", "cost"] = field(default="cost", metadata={
+        "help": "cost (default): verify the width that maximises expected tokens per verify cost; "
+                "schedule: grow by 2 when a row accepts all, else shrink by 1"})
     max_ngram: int = field(default=3, metadata={"help": "longest n-gram matched against the text (tried first)"})
     min_ngram: int = field(default=1, metadata={"help": "shortest n-gram matched"})
     num_candidates: int = field(default=1, metadata={

@@ -51,16 +51,18 @@ def lookup(
     min_ngram: int,
 ) -> Draft:
     """Per row: the ``k`` tokens following the most recent earlier match of its longest matching
-    suffix n-gram (``max_ngram`` .. ``min_ngram``); ``count`` is 0 where nothing matches.
+    suffix n-gram (``max_ngram`` .. ``min_ngram``); ``count`` is 0 where nothing matches;
+    ``bucket`` is the matched n-gram's length (0 = none).
 
     >>> ids = torch.tensor([[5, 6, 7, 8, 9, 5, 6]])
     >>> d = lookup(ids, torch.tensor([0]), torch.tensor([7]), k=3, max_ngram=2, min_ngram=1)
-    >>> d.tokens, d.count
-    (tensor([[7, 8, 9]]), tensor([3]))
+    >>> d.tokens, d.count, d.bucket
+    (tensor([[7, 8, 9]]), tensor([3]), tensor([2]))
     """
     rows, W = ids.shape
     device = ids.device
     cont = torch.full((rows,), -1, dtype=torch.long, device=device)  # [rows] where the copy starts
+    size = torch.zeros(rows, dtype=torch.long, device=device)  # [rows] the matched n-gram's length
     for n in range(max_ngram, min_ngram - 1, -1):
         if W < n + 1:
             continue
@@ -73,10 +75,12 @@ def lookup(
         valid &= (end - start >= n)[:, None]
         match = (windows == suffix[:, None, :]).all(-1) & valid  # [rows, W - n + 1]
         latest = torch.where(match, first[None, :], -1).max(1).values  # [rows], -1 = none
-        cont = torch.where((cont < 0) & (latest >= 0), latest + n, cont)  # [rows]
+        found = (cont < 0) & (latest >= 0)  # [rows]
+        cont = torch.where(found, latest + n, cont)  # [rows]
+        size = torch.where(found, n, size)  # [rows]
     count = torch.where(cont >= 0, (end - cont).clamp(max=k), 0)  # [rows]
     cols = (cont.clamp_min(0)[:, None] + torch.arange(k, device=device)).clamp(max=W - 1)  # [rows, k]
-    return Draft(ids.gather(1, cols), count)
+    return Draft(ids.gather(1, cols), count, bucket=size)
 
 
 def lookup_candidates(
@@ -134,8 +138,12 @@ class PromptLookupProposer:
     """Drafts by n-gram lookup in each row's prompt and generated text (deterministic drafts)."""
 
     gives_probs = False
+    # prior (p_first, p_next) acceptance by matched n-gram length, measured on the 8 grounded prompts
+    # (SmolLM2-135M, greedy, all positions): 1-gram 0.21 / ~0.65, 2-gram 0.59 / ~0.8, 3-gram 0.89 / ~0.93
+    PRIORS = {1: (0.3, 0.65), 2: (0.6, 0.8), 3: (0.85, 0.9)}  # longer n-grams: as 3
 
     def __init__(self, max_ngram: int, min_ngram: int, num_candidates: int = 1):
+        self.bucket_priors = {n: self.PRIORS[min(n, 3)] for n in range(min_ngram, max_ngram + 1)}
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self.num_candidates = num_candidates
@@ -149,8 +157,10 @@ class PromptLookupProposer:
             return self._propose_tree(state, k)
         draft = lookup(state.ids, state.start, state.end, k, self.max_ngram, self.min_ngram)
         count = torch.where(state.done, 0, draft.count)  # [rows] finished rows need no drafts
+        if not ctx.crop:  # the strategy picks the width (draft_policy="cost")
+            return Draft(draft.tokens, count, bucket=draft.bucket)
         width = int(count.max())  # host sync: the verify pass is only as wide as the longest draft
-        return Draft(draft.tokens[:, :width], count)
+        return Draft(draft.tokens[:, :width], count, bucket=draft.bucket)
 
     def _propose_tree(self, state: DecodeState, k: int) -> Draft:
         cands, lengths = lookup_candidates(state.ids, state.start, state.end, k, self.max_ngram,

@@ -20,6 +20,9 @@ depth of the accepted path, and ``state.extra["_spec_last_node"]`` (``[rows]`` l
 node's fed index (0 = the pending token, j + 1 = node j), e.g. to pick hidden states. With ``ctx.tree`` False it must return a chain (its best single
 candidate).
 
+Optional: ``bucket_priors`` (``{bucket: (p_first, p_next)}``), the prior acceptance rates of the
+buckets a proposer puts in ``Draft.bucket`` (see :class:`~.draft_length.CostAwareLength`).
+
 Example (a proposer that always proposes token 7):
     >>> class Sevens:
     ...     gives_probs = False
@@ -53,6 +56,9 @@ class Draft:
     # [rows, k] long: a token tree (deterministic drafts only): node i's parent, 0 = the pending token,
     # j + 1 = node j < i (parents precede children; siblings carry distinct tokens). None = a chain.
     parents: torch.Tensor | None = None
+    # [rows] long: a class of each row's drafts that predicts how often they are accepted (prompt
+    # lookup: the matched n-gram's length), for the cost-aware draft length (:mod:`.draft_length`)
+    bucket: torch.Tensor | None = None
 
     @staticmethod
     def empty(state: DecodeState) -> "Draft":
@@ -67,6 +73,9 @@ class DraftContext:
     sample: bool  # draw drafts (speculative sampling) rather than take the argmax (greedy verification)
     process: Callable[[DecodeState, torch.Tensor, History], torch.Tensor]  # logits [rows, V] -> scores
     tree: bool = False  # the strategy verifies token trees (Draft.parents) in this decode
+    # the proposer may cut its drafts to the longest row's (one host sync); False: return all k
+    # slots, the strategy picks the width (draft_policy="cost", :mod:`.width`)
+    crop: bool = True
 
 
 @runtime_checkable

@@ -22,8 +22,13 @@ a chain (``DraftContext.tree`` False). Either way the output is lossless.
 
 Rows that accept different counts just mask different columns (BASS-style batches need no padding,
 Qian et al. 2024, arXiv:2404.15778); with greedy verification each row's output equals its greedy
-output alone. The draft length adapts per step (grow by 2 when some row accepts its whole draft,
-shrink by 1 otherwise, as BASS and transformers' heuristic schedule do).
+output alone. The draft length adapts per step (:mod:`.draft_length`): ``draft_policy="schedule"``
+grows it by 2 when some row accepts its whole draft and shrinks it by 1 otherwise (BASS,
+transformers' heuristic schedule); ``draft_policy="cost"`` (prompt lookup's default: its drafts
+cost nothing) drafts ``max_draft_tokens`` and verifies the width that maximises the expected tokens
+per unit of verify cost, 0 (a plain one-token step) where no row's drafts are worth a wider pass
+(:mod:`.width`; its step has one host sync). On the CPU a pass over 2 tokens costs ~1.5 one-token
+passes, so this matters: 8 grounded prompts, SmolLM2-135M, batch 1: see :mod:`.prompt_lookup`.
 
 Stats (``Generation.stats.extra``): ``accepted_per_verify`` (mean accepted drafts per row-verify
 with drafts), ``acceptance_rate`` (accepted / proposed drafts; a tree proposes all its nodes),
@@ -48,11 +53,13 @@ from decodekit.state import Candidate, DecodeState, StepOutput
 from decodekit.strategies.base import Strategy
 from decodekit.strategies.speculative.columns import crop_columns, trailing_unused
 from decodekit.strategies.speculative.config import DraftVerifyConfig
+from decodekit.strategies.speculative.draft_length import CostAwareLength, cost_of_device
 from decodekit.strategies.speculative.proposer import Draft, DraftContext, DraftHistory, Proposer
 from decodekit.strategies.speculative.tree import (
     TreeShape, keep_path_columns, node_history, tree_attention, tree_shape, tree_verify,
 )
 from decodekit.strategies.speculative.verify import Verified, greedy_verify, sample_verify
+from decodekit.strategies.speculative.width import WidthPicker
 
 __all__ = ["DraftVerify"]
 
@@ -71,6 +78,7 @@ class _Run:
         self.row_steps = 0  # (row, step) pairs where the row was running
         self.tree_verifies = 0  # target passes over a token tree
         self.trees = False  # token trees allowed in this decode (set in init)
+        self.widths: WidthPicker | None = None  # draft_policy="cost": picks each step's width
 
 
 class DraftVerify(Strategy):
@@ -95,13 +103,22 @@ class DraftVerify(Strategy):
         state.extra["_spec_proposer"] = proposer
         run = state.extra[_RUN] = _Run(self.config.draft_tokens)
         run.trees = bool(getattr(proposer, "makes_trees", False)) and self.trees_supported(state)
+        cfg = self.config
+        if cfg.adaptive and cfg.draft_policy == "cost" and not run.trees:  # trees keep the schedule
+            cost = cost_of_device(state.lm.device.type, cfg.verify_cost)
+            policy = CostAwareLength(cfg.max_draft_tokens, cost, getattr(proposer, "bucket_priors", None))
+            run.widths = WidthPicker(policy)
         return state
 
     def step(self, state: DecodeState) -> StepOutput:
         run: _Run = state.extra[_RUN]
         proposer: Proposer = state.extra["_spec_proposer"]
-        ctx = DraftContext(self.config.do_sample, self._process, tree=run.trees)
-        draft = proposer.propose(state, run.k, ctx) if run.k > 0 else Draft.empty(state)
+        widths = run.widths
+        ctx = DraftContext(self.config.do_sample, self._process, tree=run.trees, crop=widths is None)
+        if widths is not None:  # cost-aware: draft the most, then pick the width (the one host sync)
+            draft = widths.pick(state, proposer.propose(state, self.config.max_draft_tokens, ctx), run)
+        else:
+            draft = proposer.propose(state, run.k, ctx) if run.k > 0 else Draft.empty(state)
         k = draft.tokens.shape[1]
         tree = self._tree(state, draft, run) if draft.parents is not None and k > 0 else None
         active = ~state.done  # [rows]
@@ -120,7 +137,10 @@ class DraftVerify(Strategy):
             state.extra["_spec_last_node"] = v.path.gather(1, accepted[:, None])[:, 0]  # [rows]: for proposers
             logits = logits.gather(1, v.path[..., None].expand(-1, -1, logits.shape[-1]))  # [rows, k + 1, V]
         proposer.accepted(state, draft, accepted)
-        self._account(state, run, draft.count, draft.count if tree is None else tree.longest, accepted, active)
+        if widths is not None:
+            widths.keep(draft, accepted, active)  # read with the next step's sync
+        else:
+            self._account(state, run, draft.count, draft.count if tree is None else tree.longest, accepted, active)
         logprobs = torch.log_softmax(logits, -1).gather(-1, v.tokens[..., None])[..., 0]  # [rows, k + 1]
         state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
         return StepOutput(v.tokens, accepted + 1, logprobs, logits, cached=accepted)
@@ -143,6 +163,8 @@ class DraftVerify(Strategy):
 
     def finalize(self, state: DecodeState) -> list[list[Candidate]]:
         run: _Run = state.extra[_RUN]
+        if run.widths is not None:
+            run.widths.flush(run)
         new_tokens = max(int(state.n_new.sum()), 1)
         state.extra.update({
             "stat_accepted_per_verify": run.accepted / max(run.verifies, 1),

@@ -31,6 +31,8 @@ def alone(default_lm):
 
 STRATEGIES = {
     "prompt_lookup": lambda lm: decodekit.strategies.get("prompt_lookup")(),
+    "prompt_lookup_schedule": lambda lm: decodekit.strategies.get("prompt_lookup")(draft_policy="schedule"),
+    "prompt_lookup_free_verify": lambda lm: decodekit.strategies.get("prompt_lookup")(verify_cost=(0, 0, 0)),
     "target_as_draft": lambda lm: decodekit.strategies.get("speculative")(draft=lm, draft_tokens=4),
     "random_tokens": lambda lm: RandomDraft(draft_tokens=3),
     "self_draft": lambda lm: decodekit.strategies.get("self_speculative")(),
