@@ -76,9 +76,13 @@ def check_cache_content(state, atol: float = 1e-4) -> None:
 
 
 def lm_without_4d_masks(mode: str) -> decodekit.LM:
-    """A tiny LM whose model refuses 4-D masks (``raise``) or silently uses a causal mask (``ignore``)."""
+    """A tiny LM whose model refuses 4-D masks (``raise``) or silently uses a causal mask (``ignore``).
+
+    The decoder body is patched (``model.model``), which every forward reaches, also the CPU
+    small-batch head of :mod:`decodekit.cpu_head`."""
     lm = tiny_lm()
-    original = lm.model.forward
+    body = lm.model.model
+    original = body.forward
 
     def forward(*args, attention_mask=None, **kw):
         if attention_mask is not None and attention_mask.dim() == 4:
@@ -87,5 +91,5 @@ def lm_without_4d_masks(mode: str) -> decodekit.LM:
             attention_mask = None
         return original(*args, attention_mask=attention_mask, **kw)
 
-    lm.model.forward = forward
+    body.forward = forward
     return lm
