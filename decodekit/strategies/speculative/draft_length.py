@@ -1,18 +1,19 @@
 """How many drafts to verify per step: the expected tokens per unit of verify cost, maximised.
 
 A verify pass over ``T = 1 + w`` new tokens per row does not cost the same as a one-token step. On
-the CPU (one MKL thread, SmolLM2-135M fp32, ~180 cached columns) we measured, in ms per pass:
+the CPU (one MKL thread, SmolLM2-135M fp32, 200 cached columns, medians of 7 interleaved runs) we
+measured, in ms per pass (with the log-softmax):
 
 =========  =====  =====  =====  =====  =====  =====
 rows \\ T     1      2      4      8     12     16
 =========  =====  =====  =====  =====  =====  =====
-1           107    165    187    259    237    323
-4           197    254    327    448    523    559
+1           101    151    150    189    214    249
+4           154    202    241    297    383    467
 =========  =====  =====  =====  =====  =====  =====
 
 A one-token step is a matrix-vector product per weight matrix; from two tokens on, BLAS packs every
 weight matrix first (~50% more memory traffic), then each further token adds a little compute. So
-drafting at all costs a fixed ~0.55 one-token steps, and each further row-token ~0.07: a draft
+drafting at all costs a fixed ~0.45 one-token steps, and each further row-token ~0.07: a draft
 pays off only where it is likely to be accepted, and a draft worth verifying is worth verifying
 long. On CUDA (graph-captured verify buckets) a few more tokens are nearly free.
 
@@ -22,18 +23,23 @@ rows * w``. :class:`CostAwareLength` keeps, per *bucket* of drafts (for prompt l
 of the matched n-gram; 0 for proposers without buckets), running estimates of the probability
 that a row's first draft is accepted and that a further draft is accepted once the previous ones
 were (Beta priors, updated from every verification). Each step it picks the width ``W`` (0 = a
-plain one-token step) maximising ``sum_r (1 + E[accepted_r | W]) / cost(rows, W)`` where
+plain one-token step) maximising ``sum_r x_r (1 + E[accepted_r | W]) / cost(rows, W)`` where
 ``E[accepted_r | W] = p1 * (1 - pc^w) / (1 - pc)``, ``w = min(W, drafts of row r)``: in a batch
-every row pays for the widest row, so the width is chosen for the batch as a whole.
+every row pays for the widest row, so the width is chosen for the batch as a whole; ``x_r`` weighs
+the rows (0 = finished; :mod:`.width` weighs rows that are ahead of the slowest less).
+
+Measured (``benchmarks/bench_speculative.py``, 8 grounded prompts, 64 new tokens, one thread;
+before: the schedule, drafts of up to 16): prompt lookup 1.28x -> 1.46x greedy's speed in batch 1
+(acceptance rate 0.26 -> 0.47), 0.71x -> 0.99x in batches of 4.
 
 The older rule (``draft_policy="schedule"``: grow by 2 when some row accepts its whole draft, else
 shrink by 1, as BASS and transformers' heuristic schedule do) is :class:`Schedule`.
 
 Example:
-    >>> policy = CostAwareLength(max_tokens=8, cost=VerifyCost(0.3, 0.55, 0.07), priors={3: (0.9, 0.9)})
+    >>> policy = CostAwareLength(8, CPU_COST, priors={3: (0.9, 0.9), 1: (0.2, 0.6)})
     >>> policy.choose(counts=[8], buckets=[3], weights=[1.0])   # a 3-gram match: verify it long
     8
-    >>> policy.choose(counts=[8], buckets=[1], weights=[1.0])   # a 1-gram match (prior 0.5, 0.8): not worth it
+    >>> policy.choose(counts=[8], buckets=[1], weights=[1.0])   # a 1-gram match: not worth a wider pass
     0
 """
 
@@ -57,9 +63,10 @@ class VerifyCost:
         return base if width <= 0 else base + self.overhead + self.token * rows * width
 
 
-# measured as in the module docstring (CPU, one thread: 1 row 107 ms, 4 rows 197 ms, +58 ms for any
-# pass with drafts, ~8 ms per further row-token); CUDA: captured verify graphs, a guess kept small
-CPU_COST = VerifyCost(row=0.28, overhead=0.55, token=0.075)
+# fitted to the one-row CPU costs of the module docstring (1 + 0.43 + 0.07 w: 1.50 at w = 1, 2.55 at
+# w = 16); four rows cost less per row-token (0.05), so batches draft a little too rarely. CUDA:
+# captured verify graphs, a guess kept small
+CPU_COST = VerifyCost(row=0.2, overhead=0.43, token=0.07)
 CUDA_COST = VerifyCost(row=0.02, overhead=0.05, token=0.005)
 
 
