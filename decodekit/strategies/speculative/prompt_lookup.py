@@ -8,9 +8,14 @@ RAG answers). The idea is Saxena's "prompt lookup decoding" (2023,
 github.com/apoorvumang/prompt-lookup-decoding), transformers' ``prompt_lookup_num_tokens``;
 verification is lossless (:mod:`.verify`): with greedy verification the output equals greedy.
 
-The search is vectorised over rows and positions (``unfold`` + compare); one host sync per step
-reads the longest draft, so the verify pass is no wider than needed (no match anywhere = a plain
-one-token step).
+The search is vectorised over rows and positions (``unfold`` + compare, no Python loop over rows
+or history). Each draft carries its matched n-gram's length as its bucket (``Draft.bucket``): on
+the 8 grounded prompts (SmolLM2-135M, greedy) the first copied token was accepted 21% of the time
+after a 1-gram match, 59% after a 2-gram and 89% after a 3-gram. By default (``draft_policy="cost"``,
+:mod:`.draft_length`) the strategy turns that, learnt further per decode, into the verify width:
+long after good matches, none (a plain one-token step) after poor ones or where nothing matches;
+the step then has one host sync. With ``draft_policy="schedule"`` the verify pass is as wide as
+the longest draft under the grow/shrink schedule.
 
 **Tree mode** (``num_candidates > 1``): instead of betting on the best match, take up to
 ``num_candidates`` distinct continuations from different matches (ranked like the single one:

@@ -28,13 +28,14 @@ transformers' heuristic schedule); ``draft_policy="cost"`` (prompt lookup's defa
 cost nothing) drafts ``max_draft_tokens`` and verifies the width that maximises the expected tokens
 per unit of verify cost, 0 (a plain one-token step) where no row's drafts are worth a wider pass
 (:mod:`.width`; its step has one host sync). On the CPU a pass over 2 tokens costs ~1.5 one-token
-passes, so this matters: 8 grounded prompts, SmolLM2-135M, batch 1: see :mod:`.prompt_lookup`.
+passes, so this matters (measured costs and speedups: :mod:`.draft_length`).
 
 Stats (``Generation.stats.extra``): ``accepted_per_verify`` (mean accepted drafts per row-verify
 with drafts), ``acceptance_rate`` (accepted / proposed drafts; a tree proposes all its nodes),
 ``tokens_per_step`` (mean tokens a running row gains per step), ``target_forwards_per_token``
 (target passes incl. prefill, per generated token of a row; greedy = 1), ``draft_tokens`` (the
-final draft length), ``tree_verifies`` (target passes that verified token trees).
+final draft length; with ``draft_policy="cost"`` the last step's width), ``tree_verifies``
+(target passes that verified token trees).
 
 Example:
     >>> gen = decodekit.generate(lm, "Rewrite: ...", "prompt_lookup", max_new_tokens=64)  # doctest: +SKIP
