@@ -93,3 +93,18 @@ def lm_without_4d_masks(mode: str) -> decodekit.LM:
 
     body.forward = forward
     return lm
+
+
+def sequence_distribution(dist, steps: int, eos: int) -> dict[tuple, float]:
+    """Exact probability of every continuation of at most ``steps`` tokens (ending at ``eos`` or at
+    the length limit), given ``dist(prefix) -> list of next-token probabilities``."""
+    out, frontier = {}, {(): 1.0}
+    for _ in range(steps):
+        nxt = {}
+        for prefix, p in frontier.items():
+            for tok, pt in enumerate(dist(prefix)):
+                if pt > 0:
+                    (out if tok == eos else nxt)[prefix + (tok,)] = p * pt
+        frontier = nxt
+    out.update(frontier)
+    return out

@@ -21,6 +21,7 @@ from decodekit.processors import apply_processors, build_processors
 from decodekit.strategies.speculative import strategy as strategy_module
 from decodekit.strategies.speculative.verify import Verified, race, sample_verify
 from tests.toy import EOS, ByteTokenizer, tiny_model
+from tests.strategies.speculative.helpers import sequence_distribution
 
 V, NEW, ROWS = 6, 3, 20_000
 PROMPT = [3, 4, 5, 1, 3]
@@ -43,16 +44,7 @@ def _exact(target) -> dict[tuple[int, ...], float]:
         logits = target.forward(ids, target.new_cache(), torch.ones_like(ids)).logits[:, -1]  # [1, V]
         return apply_processors(procs, logits, None).softmax(-1)[0].tolist()
 
-    out, frontier = {}, {(): 1.0}
-    for _ in range(NEW):
-        nxt = {}
-        for prefix, p in frontier.items():
-            for tok, pt in enumerate(dist(prefix)):
-                if pt > 0:
-                    (out if tok == EOS else nxt)[prefix + (tok,)] = p * pt
-        frontier = nxt
-    out.update(frontier)
-    return out
+    return sequence_distribution(dist, NEW, EOS)
 
 
 def _pvalue(target, draft, seed=0, rows=ROWS) -> float:

@@ -17,7 +17,7 @@ from decodekit.strategies.speculative import Draft, DraftVerify, PromptLookupCon
 from decodekit.strategies.speculative.prompt_lookup import lookup, lookup_candidates
 from decodekit.strategies.speculative.tree import tree_attention, tree_shape, tree_verify
 from decodekit.strategies.speculative.trie import merge_candidates
-from tests.strategies.speculative.helpers import check_cache_content, lm_without_4d_masks, run_steps
+from tests.strategies.speculative.helpers import check_cache_content, lm_without_4d_masks, run_steps, sequence_distribution
 from tests.toy import EOS, ByteTokenizer, tiny_lm as make_tiny_lm, tiny_model
 
 PROMPTS = ["hello hello hello world", "abcabcabcabc", "the cat sat on the mat. the cat", "x",
@@ -274,16 +274,7 @@ def _exact_sequences(target, options) -> dict[tuple[int, ...], float]:
         history = History(ids, torch.tensor([0]), torch.tensor([ids.shape[1]]))
         return apply_processors(procs, logits, history).softmax(-1)[0].tolist()
 
-    out, frontier = {}, {(): 1.0}
-    for _ in range(SNEW):
-        nxt = {}
-        for prefix, p in frontier.items():
-            for tok, pt in enumerate(dist(prefix)):
-                if pt > 0:
-                    (out if tok == EOS else nxt)[prefix + (tok,)] = p * pt
-        frontier = nxt
-    out.update(frontier)
-    return out
+    return sequence_distribution(dist, SNEW, EOS)
 
 
 def _pvalue(small_target, option_set: str, rows: int = ROWS) -> float:
