@@ -10,7 +10,6 @@ bonus token drawn at the wrong position), which shows the test has the power to 
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
