@@ -13,12 +13,14 @@ about 14 kernels per layer, reading the model's own weights:
   ``rotate_half``'s sign; cos / sin come from the model's own rotary module, once per step);
 * grouped-query attention without repeating keys: the ``g`` query heads of one key/value head are
   folded into the query length, so SDPA sees ``kv_heads`` heads of ``g * T`` queries;
-* the residual additions fused into the output projections (``addmm``).
+* the residual additions fused into the output projections (``addmm_`` into the residual stream);
+* with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write, attention over
+  the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all.
 
 Numerically it is the model's function with different rounding: fp32 results agree with
 transformers' to ~1e-5, bf16 results to bf16 rounding (tests/fast/test_fused.py). It only runs on
 models whose layout it knows (:func:`fused_reason`); others keep transformers' forward inside the
-graph. ``FastPath(lm, fused=False)`` (or ``LM(..., fused=False)``) turns it off.
+graph. ``FastPath(lm, fused=False)`` turns it off (``kernels=False``: the fused step without Triton).
 
 Example:
     >>> lm = decodekit.load(device="cuda", dtype="bfloat16")      # doctest: +SKIP
@@ -31,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from decodekit.fast import kernels as K
 from decodekit.fast.attention import attention_bias, positions
 
 __all__ = ["FusedLlama", "fused_reason"]
@@ -96,10 +99,25 @@ def _eps(norm) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
-def _linear_residual(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``x + a @ w.T (+ b)`` for 2-D ``x [N, d]``, ``a [N, k]``, ``w [d, k]``: one GEMM with beta = 1."""
-    out = torch.addmm(x, a, w.t())
-    return out if b is None else out.add_(b)
+def _add_linear_(x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x += a @ w.T (+ b)`` in place for ``x [N, d]``, ``a [N, k]``, ``w [d, k]``: one GEMM, beta = 1."""
+    x.addmm_(a, w.t())
+    return x if b is None else x.add_(b)
+
+
+def kernels_reason(model, interpret: bool = False) -> str | None:
+    """Why the fused step of ``model`` cannot use decodekit's Triton kernels, or None when it can.
+
+    By default they run on CUDA only; ``interpret=True`` also accepts Triton's CPU interpreter
+    (``TRITON_INTERPRET=1``: slow, for tests).
+    """
+    reason = K.kernel_reason(next(model.parameters()).device, interpret)
+    if reason is not None:
+        return reason
+    act = getattr(model.config, "hidden_act", None)
+    if act not in ("silu", "swish"):
+        return f"activation {act!r} (kernels: silu)"
+    return None
 
 
 class FusedLlama:
@@ -110,10 +128,14 @@ class FusedLlama:
     states ``[rows, T, d]`` (transformers' ``hidden_states[-1]``).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, kernels: bool | None = None):
         reason = fused_reason(model)
         if reason is not None:
             raise ValueError(f"decodekit.fast: no fused step: {reason}")
+        reason = kernels_reason(model, interpret=bool(kernels))
+        if kernels and reason is not None:
+            raise ValueError(f"decodekit.fast: kernels=True, but {reason}")
+        self.kernels = reason is None if kernels is None else bool(kernels)
         cfg = model.config
         self.model = model
         self.heads = cfg.num_attention_heads
@@ -122,45 +144,77 @@ class FusedLlama:
         self.embed = model.model.embed_tokens
         self.rotary = model.model.rotary_emb
         self.final_norm = (model.model.norm.weight, _eps(model.model.norm))
+        self.scale = float(getattr(model.model.layers[0].self_attn, "scaling", self.head_dim ** -0.5))
         self.lm_head = model.lm_head
         with torch.no_grad():
             self.layers = [_Layer(layer) for layer in model.model.layers]
+
+    def _norm(self, x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:  # [N, d]
+        return K.rms_norm(x, *norm) if self.kernels else F.rms_norm(x, (x.shape[-1],), *norm)
 
     @torch.no_grad()
     def __call__(self, mask, cols, ids, write, view, last_only: bool, hidden: bool):
         # mask [rows, C] long; cols [C] long; ids [rows, T] long; write [T] long; view: SlabView
         rows, T = ids.shape
-        h, kvh, hd = self.heads, self.kv_heads, self.head_dim
-        g = h // kvh
+        N, h, kvh, hd = rows * T, self.heads, self.kv_heads, self.head_dim
         x = self.embed(ids)  # [rows, T, d]
         d = x.shape[-1]
-        dtype = x.dtype
-        bias = attention_bias(mask, cols, write, dtype)  # [rows, 1, T, C]
-        bias = bias.expand(rows, g, T, bias.shape[-1]).reshape(rows, 1, g * T, -1)  # [rows, 1, g*T, C]
         cos, sin = self.rotary(x, positions(mask, write))  # [rows, T, hd] each
-        half = hd // 2
-        sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)[:, :, None]  # [rows, T, 1, hd]
-        cos = cos[:, :, None]  # [rows, T, 1, hd]
-        x = x.view(rows * T, d)  # [N, d] residual stream
+        # the kernels' attention walks each row's columns up to the token's own; SDPA otherwise
+        attend = self.kernels and mask.shape[1] <= K.ATTEND_MAX_COLUMNS and T <= 64
+        bias = None if attend else self._bias(mask, cols, write, x.dtype)  # [rows, 1, g*T, C]
+        if self.kernels:
+            cos, sin = cos.reshape(N, hd), sin.reshape(N, hd)  # [N, hd]
+        else:
+            half = hd // 2
+            sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)[:, :, None]  # [rows, T, 1, hd]
+            cos = cos[:, :, None]  # [rows, T, 1, hd]
+        x = x.view(N, d)  # [N, d] residual stream, updated in place
         for i, layer in enumerate(self.layers):
-            a = F.rms_norm(x, (d,), *layer.norm1)  # [N, d]
-            qkv = F.linear(a, layer.qkv, layer.qkv_bias).view(rows, T, h + 2 * kvh, hd)  # [rows, T, h+2kv, hd]
-            qk = qkv[:, :, :h + kvh]  # [rows, T, h+kv, hd]
-            swapped = qk.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # [rows, T, h+kv, hd]
-            qk = torch.addcmul(qk * cos, swapped, sin)  # rotary, [rows, T, h+kv, hd]
             keys, values = view.layers[i].keys, view.layers[i].values  # [rows, kv, C, hd] each
-            keys.index_copy_(2, write, qk[:, :, h:].transpose(1, 2))
-            values.index_copy_(2, write, qkv[:, :, h + kvh:].transpose(1, 2))
-            q = qk[:, :, :h].unflatten(2, (kvh, g)).permute(0, 2, 3, 1, 4).reshape(rows, kvh, g * T, hd)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)  # [rows, kv, g*T, hd]
-            o = o.view(rows, kvh, g, T, hd).permute(0, 3, 1, 2, 4).reshape(rows * T, h * hd)  # [N, h*hd]
-            x = _linear_residual(x, o, layer.o, layer.o_bias)  # [N, d]
-            a = F.rms_norm(x, (d,), *layer.norm2)  # [N, d]
-            gate, up = F.linear(a, layer.gate_up).chunk(2, -1)  # [N, ff] each
-            x = _linear_residual(x, layer.act(gate).mul_(up), layer.down, None)  # [N, d]
+            a = self._norm(x, layer.norm1)  # [N, d]
+            qkv = F.linear(a, layer.qkv, layer.qkv_bias)  # [N, (h + 2kv) * hd]
+            if self.kernels:
+                q = K.rope_write(qkv, cos, sin, write, keys, values, h, kvh, hd)  # [N, h, hd]
+                if attend:
+                    o = K.attend(q, keys, values, mask, write, self.scale).view(N, h * hd)
+                else:
+                    o = self._sdpa(q.view(rows, T, h, hd), keys, values, bias)
+            else:
+                qkv = qkv.view(rows, T, h + 2 * kvh, hd)
+                qk = qkv[:, :, :h + kvh]  # [rows, T, h+kv, hd]
+                swapped = qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2)  # [rows, T, h+kv, hd]
+                qk = torch.addcmul(qk * cos, swapped, sin)  # rotary, [rows, T, h+kv, hd]
+                keys.index_copy_(2, write, qk[:, :, h:].transpose(1, 2))
+                values.index_copy_(2, write, qkv[:, :, h + kvh:].transpose(1, 2))
+                o = self._sdpa(qk[:, :, :h], keys, values, bias)
+            _add_linear_(x, o, layer.o, layer.o_bias)  # [N, d]
+            a = self._norm(x, layer.norm2)  # [N, d]
+            gate_up = F.linear(a, layer.gate_up)  # [N, 2 * ff]
+            if self.kernels:
+                act = K.silu_mul(gate_up)  # [N, ff]
+            else:
+                gate, up = gate_up.chunk(2, -1)  # [N, ff] each
+                act = layer.act(gate).mul_(up)
+            _add_linear_(x, act, layer.down, None)  # [N, d]
         x = x.view(rows, T, d)
         if last_only:
             x = x[:, -1:]
         out = F.rms_norm(x, (d,), *self.final_norm)  # [rows, T or 1, d]
         logits = self.lm_head(out).float()  # [rows, T or 1, V]
         return logits, (out if hidden else None)
+
+    def _bias(self, mask, cols, write, dtype) -> torch.Tensor:  # [rows, 1, g*T, C]
+        """The additive bias for SDPA, repeated for the ``g`` query heads folded into the length."""
+        g, T = self.heads // self.kv_heads, write.shape[0]
+        bias = attention_bias(mask, cols, write, dtype)  # [rows, 1, T, C]
+        return bias.expand(mask.shape[0], g, T, bias.shape[-1]).reshape(mask.shape[0], 1, g * T, -1)
+
+    def _sdpa(self, q: torch.Tensor, keys, values, bias) -> torch.Tensor:  # q [rows, T, h, hd] -> [N, h*hd]
+        """SDPA with the ``g`` query heads of each key/value head folded into the query length."""
+        rows, T, h, hd = q.shape
+        kvh = self.kv_heads
+        g = h // kvh
+        q = q.unflatten(2, (kvh, g)).permute(0, 2, 3, 1, 4).reshape(rows, kvh, g * T, hd)  # [rows, kv, g*T, hd]
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=self.scale)  # [rows, kv, g*T, hd]
+        return o.view(rows, kvh, g, T, hd).permute(0, 3, 1, 2, 4).reshape(rows * T, h * hd)  # [N, h*hd]

@@ -72,10 +72,13 @@ class FastPath:
         warmup: eager runs before the first capture (one before each later capture).
         fused: run decodekit's fused Llama-family forward (:mod:`decodekit.fast.fused`, ~3x fewer
             kernels) instead of transformers' forward; default: where the model supports it.
+        kernels: let the fused forward use decodekit's Triton kernels (:mod:`decodekit.fast.kernels`:
+            RMSNorm, rotary + cache write, attention, SiLU-and-mul); default: where Triton runs.
     """
 
     def __init__(self, lm, *, capture: bool | None = None, compile: str | None = None,
-                 max_graph_tokens: int = 32, headroom: int = 256, warmup: int = 2, fused: bool | None = None):
+                 max_graph_tokens: int = 32, headroom: int = 256, warmup: int = 2, fused: bool | None = None,
+                 kernels: bool | None = None):
         reason = unsupported_reason(lm)
         if reason is not None:
             raise ValueError(f"decodekit.fast: {reason}; use cuda_graphs=False")
@@ -95,10 +98,14 @@ class FastPath:
         if fused and reason is not None:
             raise ValueError(f"decodekit.fast: fused=True, but {reason}")
         self.fused = reason is None if fused is None else bool(fused)
+        if kernels and not self.fused:
+            why = "fused=False was given" if reason is None else reason
+            raise ValueError(f"decodekit.fast: kernels=True needs the fused step ({why})")
         if self.fused:
-            self.eager_fn = FusedLlama(self.model)
+            self.eager_fn = FusedLlama(self.model, kernels=kernels)
         else:
             self.eager_fn = functools.partial(_step, self.model, self.dtype, lm._cache_kw)
+        self.kernels = bool(getattr(self.eager_fn, "kernels", False))
         self.step_fn = self.eager_fn
         if compile:
             mode = None if compile == "default" else compile
@@ -109,7 +116,7 @@ class FastPath:
 
     def __repr__(self) -> str:
         n = sum(len(v) for v in self.slabs.values())
-        return f"FastPath(capture={self.capture}, fused={self.fused}, slabs={n}, captures={self.captures}, capture_s={self.capture_s:.2f})"
+        return f"FastPath(capture={self.capture}, fused={self.fused}, kernels={self.kernels}, slabs={n}, captures={self.captures}, capture_s={self.capture_s:.2f})"
 
     def new_cache(self):
         """An empty :class:`~decodekit.fast.cache.FastCache` (it leases a slab on its first forward)."""

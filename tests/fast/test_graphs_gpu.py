@@ -25,12 +25,16 @@ CASES = [("greedy", {}), ("sample", {"seed": 7, "temperature": 0.9, "top_p": 0.9
 
 
 def _extra_cases():
-    try:
-        import decodekit.strategies.beam  # noqa: F401  (registers "beam" where it exists)
-    except ImportError:
-        pass
-    names = decodekit.strategies.available()
-    return [(n, {"seed": 0}) for n in ("beam", "prompt_lookup") if n in names]
+    """Every other strategy whose forwards run on the graph path (beam reorders the slab in place;
+    the speculative family verifies k + 1 tokens, and its draft model decodes on its own graphs)."""
+    return [
+        ("beam", {"num_beams": 4}),
+        ("diverse_beam", {"num_beams": 4, "num_beam_groups": 2}),
+        ("prompt_lookup", {"seed": 0}),
+        ("prompt_lookup", {"seed": 3, "do_sample": True, "temperature": 0.8}),
+        ("blockwise", {"seed": 0}),
+        ("self_speculative", {"seed": 0, "draft_layers": 1}),
+    ]
 
 
 def _run(lm, mode, prompts, strategy, kw, n=32):
@@ -75,6 +79,26 @@ def test_tiny_graph_equals_eager(tiny_cuda, strategy, kw, batch):
     assert tiny_cuda.fast.captures > 0
     assert graph.token_ids == eager.token_ids
     assert graph.token_ids == static.token_ids and graph.logprobs == static.logprobs  # bitwise
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("kw", [{"seed": 0}, {"seed": 5, "do_sample": True, "temperature": 0.9}])
+def test_tiny_draft_model_graph_equals_eager(tiny_cuda, kw, batch):
+    """A draft model decodes on its own graphs; the target verifies on its own."""
+    draft = decodekit.load(tiny_model(seed=1).to("cuda"), ByteTokenizer())
+    prompts = PROMPTS[:batch]
+    outs = {}
+    for mode in ("eager", "static", "graph"):
+        draft.cuda_graphs = mode != "eager"
+        if mode == "static":
+            draft.fast = FastPath(draft, capture=False)
+        elif mode == "graph":
+            draft.fast = FastPath(draft)
+        outs[mode] = _run(tiny_cuda, mode, prompts, "speculative", dict(kw, draft=draft, draft_tokens=3))
+    assert draft.fast.captures > 0
+    assert outs["graph"].token_ids == outs["eager"].token_ids
+    assert outs["graph"].token_ids == outs["static"].token_ids
+    assert outs["graph"].logprobs == outs["static"].logprobs
 
 
 def test_graphs_are_reused(tiny_cuda):
