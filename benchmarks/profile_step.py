@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_gpu as B  # noqa: E402
 
 import decodekit  # noqa: E402
+from decodekit.fast import FastPath  # noqa: E402
 
 B.SHAPES["smol"] = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
@@ -61,12 +62,18 @@ def main() -> None:
         never = lm.vocab_size - 1
         n = 128
         gen = lambda: decodekit.generate(lm, prompt, "greedy", max_new_tokens=n, eos_token_id=never)  # noqa: E731
-        t = B.median_time(gen, 5)
-        slab = next(s for v in lm.fast.slabs.values() for s in v if (1, False) in s.graphs)
-        graph = slab.graphs[(1, False)].graph
-        replay = B.median_time(lambda: [graph.replay() for _ in range(50)], 5) / 50
-        print(f"  greedy {1e3 * t / n:.3f} ms/token; replay {1e3 * replay:.3f} ms; "
-              f"host + bookkeeping {1e3 * (t / n - replay):.3f} ms/token", flush=True)
+        tokens = {}
+        for kernels in (False, True):
+            lm.fast = FastPath(lm, kernels=kernels)
+            t = B.median_time(gen, 5)
+            tokens[kernels] = gen().token_ids
+            slab = next(s for v in lm.fast.slabs.values() for s in v if (1, False) in s.graphs)
+            graph = slab.graphs[(1, False)].graph
+            replay = B.median_time(lambda: [graph.replay() for _ in range(50)], 5) / 50
+            print(f"  kernels={kernels}: greedy {1e3 * t / n:.3f} ms/token; replay {1e3 * replay:.3f} ms; "
+                  f"host + bookkeeping {1e3 * (t / n - replay):.3f} ms/token", flush=True)
+        same = sum(a == b for a, b in zip(tokens[False][0], tokens[True][0]))
+        print(f"  greedy tokens equal with and without kernels: {same}/{n} (bf16 rounding differs)")
         for T in (1, 8):
             inp = slab._static(T)
 
@@ -75,7 +82,7 @@ def main() -> None:
                 slab._forward(inp.ids, inp.write, inp.view, False, False)
 
             forward()
-            print(f"  one eager fused forward, T={T}:")
+            print(f"  one eager fused forward (kernels), T={T}:")
             kernel_table(forward)
         del lm, slab, graph
         torch.cuda.empty_cache()
