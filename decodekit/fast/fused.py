@@ -161,7 +161,7 @@ class FusedLlama:
         d = x.shape[-1]
         cos, sin = self.rotary(x, positions(mask, write))  # [rows, T, hd] each
         # the kernels' attention walks each row's columns up to the token's own; SDPA otherwise
-        attend = self.kernels and mask.shape[1] <= K.ATTEND_MAX_COLUMNS and T <= 64
+        attend = self.kernels and K.attend_fits(N, mask.shape[1])
         bias = None if attend else self._bias(mask, cols, write, x.dtype)  # [rows, 1, g*T, C]
         if self.kernels:
             cos, sin = cos.reshape(N, hd), sin.reshape(N, hd)  # [N, hd]

@@ -8,8 +8,8 @@ transformers' building blocks spend several kernels where one does:
   ``[N, heads, head_dim]`` for attention -- one kernel instead of five (mul, flip, addcmul, two
   ``index_copy_``);
 * ``attend``: attention of ``T`` new tokens over the static cache, reading the slab's 2-D column
-  mask directly (no 4-D bias, no GQA repetition) and looping only over the columns up to each
-  query's own (its cost follows the real length, not the slab's capacity); online softmax in fp32;
+  mask directly (no 4-D bias, no GQA repetition), split over column blocks (flash-decoding: two
+  kernels); blocks past a token's own column read no memory; softmax in fp32;
 * ``rms_norm``: one program per row; ``silu_mul``: ``silu(gate) * up`` from the fused gate/up
   product in one pass.
 
@@ -38,9 +38,10 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-__all__ = ["kernel_reason", "rms_norm", "rope_write", "attend", "silu_mul", "ATTEND_MAX_COLUMNS"]
+__all__ = ["kernel_reason", "rms_norm", "rope_write", "attend", "attend_fits", "silu_mul"]
 
-ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA: one program per (row, kv head, token) walks the columns
+ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
+MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
 
 
 def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
@@ -99,31 +100,13 @@ if triton is not None:
             tl.store(values + r * s_vr + kh * s_vh + col * s_vc + d, v.to(values.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _attend_block(qv, keys, values, mask, start, last, r, j, m_i, l_i, acc, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc,
-                      s_mr, HD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Online-softmax update with cache columns ``start .. start + BLOCK_C - 1``."""
-        d = tl.arange(0, BLOCK_D)
-        c = start + tl.arange(0, BLOCK_C)
-        own = (c <= last) & (tl.load(mask + r * s_mr + c, mask=c <= last, other=0) > 0)  # [BLOCK_C]
-        kvm = own[:, None] & (d[None, :] < HD)
-        k = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
-        s = tl.sum(qv[:, None, :] * k.to(tl.float32)[None, :, :], 2)  # [GP, BLOCK_C]
-        s = tl.where(own[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])  # [GP, BLOCK_C]
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        return m_new, l_i, acc
-
-    @triton.jit
-    def _attend_kernel(q, keys, values, mask, write, out, T, scale,
-                       s_qn, s_qh, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr, s_on, s_oh,
-                       G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_C: tl.constexpr, STATIC_C: tl.constexpr):
+    def _attend_split_kernel(q, keys, values, mask, write, part_m, part_l, part_o, T, scale,
+                             s_qn, s_qh, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr,
+                             G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_C: tl.constexpr, SP: tl.constexpr):
         n = tl.program_id(0)  # token: row n // T, step token n % T
         j = tl.program_id(1)  # kv head: query heads j * G .. j * G + G - 1
+        b = tl.program_id(2)  # column block: columns b * BLOCK_C ..
         r = n // T
         t = n % T
         gi = tl.arange(0, GP)
@@ -132,19 +115,49 @@ if triton is not None:
         qv = tl.load(q + n * s_qn + (j * G + gi[:, None]) * s_qh + d[None, :], mask=qm, other=0.0)
         qv = qv.to(tl.float32) * scale  # [GP, BLOCK_D]
         last = tl.load(write + t)  # the token's own column: it sees owned columns <= last
-        m_i = tl.full([GP], -1e30, tl.float32)
-        l_i = tl.zeros([GP], tl.float32)
+        c = b * BLOCK_C + tl.arange(0, BLOCK_C)
+        own = (c <= last) & (tl.load(mask + r * s_mr + c, mask=c <= last, other=0) > 0)  # [BLOCK_C]
+        kvm = own[:, None] & (d[None, :] < HD)  # masked loads: blocks past ``last`` read no memory
+        k = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
+        s = tl.sum(qv[:, None, :] * k.to(tl.float32)[None, :, :], 2)  # [GP, BLOCK_C]
+        s = tl.where(own[None, :], s, float("-inf"))
+        m = tl.maximum(tl.max(s, 1), -1e30)  # [GP]; -1e30 when the block owns no column
+        p = tl.exp(s - m[:, None])  # [GP, BLOCK_C]
+        v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
+        o = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)  # [GP, BLOCK_D]
+        base = (n * tl.num_programs(1) + j) * SP + b  # partials [N, kv, SP, GP(, BLOCK_D)]
+        tl.store(part_m + base * GP + gi, m)
+        tl.store(part_l + base * GP + gi, tl.sum(p, 1))
+        tl.store(part_o + (base * GP + gi[:, None]) * BLOCK_D + d[None, :], o)
+
+    @triton.jit
+    def _attend_reduce_kernel(part_m, part_l, part_o, out, S, s_on, s_oh,
+                              G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
+                              SP: tl.constexpr, RB: tl.constexpr):
+        n = tl.program_id(0)
+        j = tl.program_id(1)
+        gi = tl.arange(0, GP)
+        d = tl.arange(0, BLOCK_D)
+        base = (n * tl.num_programs(1) + j) * SP
+        top = tl.full([GP], -1e30, tl.float32)
+        total = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, BLOCK_D], tl.float32)
-        if STATIC_C == 0:  # stop at the token's own column (a device value: no host sync, capture-safe)
-            for start in range(0, last + 1, BLOCK_C):
-                m_i, l_i, acc = _attend_block(qv, keys, values, mask, start, last, r, j, m_i, l_i, acc, s_kr, s_kh,
-                                              s_kc, s_vr, s_vh, s_vc, s_mr, HD, BLOCK_D, BLOCK_C)
-        else:  # Triton's interpreter wants host loop bounds: walk every column, masked
-            for start in range(0, STATIC_C, BLOCK_C):
-                m_i, l_i, acc = _attend_block(qv, keys, values, mask, start, last, r, j, m_i, l_i, acc, s_kr, s_kh,
-                                              s_kc, s_vr, s_vh, s_vc, s_mr, HD, BLOCK_D, BLOCK_C)
-        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # a token that owns no column (left padding): 0
-        tl.store(out + n * s_on + (j * G + gi[:, None]) * s_oh + d[None, :], o.to(out.dtype.element_ty), mask=qm)
+        for b0 in range(0, SP, RB):  # RB partials at a time, combined online
+            sb = b0 + tl.arange(0, RB)
+            used = sb < S
+            m = tl.load(part_m + (base + sb[:, None]) * GP + gi[None, :], mask=used[:, None], other=-1e30)  # [RB, GP]
+            l_ = tl.load(part_l + (base + sb[:, None]) * GP + gi[None, :], mask=used[:, None], other=0.0)
+            o = tl.load(part_o + ((base + sb[:, None, None]) * GP + gi[None, :, None]) * BLOCK_D + d[None, None, :],
+                        mask=used[:, None, None], other=0.0)  # [RB, GP, BLOCK_D]
+            new_top = tl.maximum(top, tl.max(m, 0))  # [GP]
+            alpha = tl.exp(top - new_top)
+            w = tl.exp(m - new_top[None, :])  # [RB, GP]
+            total = total * alpha + tl.sum(w * l_, 0)
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, 0)
+            top = new_top
+        res = acc / tl.where(total > 0, total, 1.0)[:, None]  # a token that owns no column (left padding): 0
+        qm = (gi[:, None] < G) & (d[None, :] < HD)
+        tl.store(out + n * s_on + (j * G + gi[:, None]) * s_oh + d[None, :], res.to(out.dtype.element_ty), mask=qm)
 
     @triton.jit
     def _silu_mul_kernel(gu, out, FF, s_gu, s_out, BLOCK: tl.constexpr):
@@ -189,6 +202,17 @@ def rope_write(
     return q
 
 
+def _block_c(C: int, gp: int, block_d: int) -> int:
+    """Columns per program: ~4K products per program, at most ``MAX_SPLITS`` blocks."""
+    return max(16, min(64, 4096 // (gp * block_d)), _pow2(triton.cdiv(C, MAX_SPLITS)))
+
+
+def attend_fits(tokens: int, columns: int) -> bool:
+    """Whether :func:`attend` suits ``tokens`` new tokens (rows x step width) over ``columns`` columns;
+    larger ones (prefill, long caches, big batches) go to SDPA: the partials would grow too large."""
+    return tokens <= 64 and columns <= ATTEND_MAX_COLUMNS
+
+
 def attend(
     q: torch.Tensor,  # [N, h, hd] rotated queries, N = rows * T
     keys: torch.Tensor,  # [rows, kv, C, hd]
@@ -197,19 +221,31 @@ def attend(
     write: torch.Tensor,  # [T] long: the new tokens' columns
     scale: float,
 ) -> torch.Tensor:  # [N, h, hd]
-    """Attention of each new token over the owned cache columns up to its own (grouped-query)."""
+    """Attention of each new token over the owned cache columns up to its own (grouped-query).
+
+    Split over column blocks (flash-decoding): one program per (token, kv head, block of columns)
+    writes a partial softmax (max, sum, weighted values), a second kernel combines them. Blocks past
+    a token's own column read no memory, so the cost follows the filled length, not the capacity.
+    """
     N, h, hd = q.shape
-    kvh = keys.shape[1]
+    kvh, C = keys.shape[1], keys.shape[2]
     g = h // kvh
-    out = torch.empty_like(q)
-    block_d = _pow2(hd)
-    block_c = 32 if block_d >= 128 else 64
-    _attend_kernel[(N, kvh)](
-        q, keys, values, mask, write, out, write.shape[0], scale,
+    gp, block_d = max(_pow2(g), 2), _pow2(hd)
+    block_c = _block_c(C, gp, block_d)
+    S = triton.cdiv(C, block_c)  # <= MAX_SPLITS
+    sp = _pow2(S)
+    rb = min(sp, 16)
+    part_m = torch.empty(N, kvh, sp, gp, dtype=torch.float32, device=q.device)
+    part_l = torch.empty_like(part_m)
+    part_o = torch.empty(N, kvh, sp, gp, block_d, dtype=torch.float32, device=q.device)
+    _attend_split_kernel[(N, kvh, S)](
+        q, keys, values, mask, write, part_m, part_l, part_o, write.shape[0], scale,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
-        values.stride(0), values.stride(1), values.stride(2), mask.stride(0), out.stride(0), out.stride(1),
-        G=g, GP=max(_pow2(g), 2), HD=hd, BLOCK_D=block_d, BLOCK_C=block_c,
-        STATIC_C=keys.shape[2] if os.environ.get("TRITON_INTERPRET") == "1" else 0, num_warps=4)
+        values.stride(0), values.stride(1), values.stride(2), mask.stride(0),
+        G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, num_warps=4)
+    out = torch.empty_like(q)
+    _attend_reduce_kernel[(N, kvh)](part_m, part_l, part_o, out, S, out.stride(0), out.stride(1),
+                                    G=g, GP=gp, HD=hd, BLOCK_D=block_d, SP=sp, RB=rb, num_warps=4)
     return out
 
 

@@ -57,12 +57,13 @@ def _case(rows, T, h, kv, hd, C, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows,T,h,kv,hd", [(1, 1, 9, 3, 64), (3, 4, 4, 2, 16), (2, 2, 4, 4, 24)])
-def test_rope_write_and_attend(dtype, rows, T, h, kv, hd):
-    C = 70
+@pytest.mark.parametrize("rows,T,h,kv,hd,C,at", [(1, 1, 9, 3, 64, 70, 40), (3, 4, 4, 2, 16, 70, 40),
+                                                 (2, 2, 4, 4, 24, 70, 40),
+                                                 (1, 2, 4, 2, 16, 1500, 1400)])  # 24 column blocks
+def test_rope_write_and_attend(dtype, rows, T, h, kv, hd, C, at):
     c = _case(rows, T, h, kv, hd, C, dtype, seed=rows * 100 + T)
     keys0, values0 = c["keys"].clone(), c["values"].clone()
-    write = torch.arange(40, 40 + T, device=DEVICE)  # [T]
+    write = torch.arange(at, at + T, device=DEVICE)  # [T]
     N = rows * T
     q = K.rope_write(c["qkv"], c["cos"], c["sin"], write, c["keys"], c["values"], h, kv, hd)  # [N, h, hd]
 
@@ -71,17 +72,17 @@ def test_rope_write_and_attend(dtype, rows, T, h, kv, hd):
     assert _rel(q, rot[:, :h]) < TOL[dtype]
     k_new = rot[:, h:h + kv].view(rows, T, kv, hd).transpose(1, 2)  # [rows, kv, T, hd]
     v_new = x[:, h + kv:].view(rows, T, kv, hd).transpose(1, 2)
-    assert _rel(c["keys"][:, :, 40:40 + T], k_new) < TOL[dtype]
-    assert torch.equal(c["values"][:, :, 40:40 + T], v_new.to(dtype))
+    assert _rel(c["keys"][:, :, at:at + T], k_new) < TOL[dtype]
+    assert torch.equal(c["values"][:, :, at:at + T], v_new.to(dtype))
     untouched = torch.ones(C, dtype=torch.bool, device=DEVICE)
-    untouched[40:40 + T] = False
+    untouched[at:at + T] = False
     assert torch.equal(c["keys"][:, :, untouched], keys0[:, :, untouched])  # nothing else written
     assert torch.equal(c["values"][:, :, untouched], values0[:, :, untouched])
 
     mask = torch.ones(rows + 1, C, dtype=torch.long, device=DEVICE)  # one dummy row beyond, like a slab
     mask[0, :6] = 0  # left padding
     mask[-2, 12:15] = 0  # holes (rejected drafts)
-    mask[:, 40 + T:] = 0  # columns not written yet
+    mask[:, at + T:] = 0  # columns not written yet
     o = K.attend(q, c["keys"], c["values"], mask, write, hd ** -0.5)  # [N, h, hd]
     cols = torch.arange(C, device=DEVICE)
     allowed = (mask[:rows, None, :] > 0) & (cols[None, None, :] <= write[None, :, None])  # [rows, T, C]
