@@ -100,10 +100,39 @@ if triton is not None:
             tl.store(values + r * s_vr + kh * s_vh + col * s_vc + d, v.to(values.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _attend_split_kernel(q, keys, values, mask, write, part_m, part_l, part_o, T, scale,
-                             s_qn, s_qh, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr,
+    def _combine(part_m, part_l, part_o, out, n, j, S, s_on, s_oh, base, G: tl.constexpr, GP: tl.constexpr,
+                 HD: tl.constexpr, BLOCK_D: tl.constexpr, SP: tl.constexpr, RB: tl.constexpr):
+        """Combine the ``S`` partial softmaxes at ``base`` into the output of (token n, kv head j)."""
+        gi = tl.arange(0, GP)
+        d = tl.arange(0, BLOCK_D)
+        top = tl.full([GP], -1e30, tl.float32)
+        total = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, BLOCK_D], tl.float32)
+        for b0 in range(0, SP, RB):  # RB partials at a time, combined online
+            sb = b0 + tl.arange(0, RB)
+            used = sb < S
+            # .cg: read from L2, not a stale L1 line (other programs wrote the partials)
+            m = tl.load(part_m + (base + sb[:, None]) * GP + gi[None, :], mask=used[:, None], other=-1e30,
+                        cache_modifier=".cg")  # [RB, GP]
+            l_ = tl.load(part_l + (base + sb[:, None]) * GP + gi[None, :], mask=used[:, None], other=0.0,
+                         cache_modifier=".cg")
+            o = tl.load(part_o + ((base + sb[:, None, None]) * GP + gi[None, :, None]) * BLOCK_D + d[None, None, :],
+                        mask=used[:, None, None], other=0.0, cache_modifier=".cg")  # [RB, GP, BLOCK_D]
+            new_top = tl.maximum(top, tl.max(m, 0))  # [GP]
+            alpha = tl.exp(top - new_top)
+            w = tl.exp(m - new_top[None, :])  # [RB, GP]
+            total = total * alpha + tl.sum(w * l_, 0)
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, 0)
+            top = new_top
+        res = acc / tl.where(total > 0, total, 1.0)[:, None]  # a token that owns no column (left padding): 0
+        qm = (gi[:, None] < G) & (d[None, :] < HD)
+        tl.store(out + n * s_on + (j * G + gi[:, None]) * s_oh + d[None, :], res.to(out.dtype.element_ty), mask=qm)
+
+    @triton.jit
+    def _attend_split_kernel(q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, T, S, scale,
+                             s_qn, s_qh, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr, s_on, s_oh,
                              G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_C: tl.constexpr, SP: tl.constexpr):
+                             BLOCK_C: tl.constexpr, SP: tl.constexpr, RB: tl.constexpr, LAST_COMBINES: tl.constexpr):
         n = tl.program_id(0)  # token: row n // T, step token n % T
         j = tl.program_id(1)  # kv head: query heads j * G .. j * G + G - 1
         b = tl.program_id(2)  # column block: columns b * BLOCK_C ..
@@ -116,19 +145,28 @@ if triton is not None:
         qv = qv.to(tl.float32) * scale  # [GP, BLOCK_D]
         last = tl.load(write + t)  # the token's own column: it sees owned columns <= last
         c = b * BLOCK_C + tl.arange(0, BLOCK_C)
-        own = (c <= last) & (tl.load(mask + r * s_mr + c, mask=c <= last, other=0) > 0)  # [BLOCK_C]
-        kvm = own[:, None] & (d[None, :] < HD)  # masked loads: blocks past ``last`` read no memory
+        seen = c <= last  # [BLOCK_C]; blocks past ``last`` read no memory
+        kvm = seen[:, None] & (d[None, :] < HD)  # the mask, k and v loads do not wait for each other
+        own = seen & (tl.load(mask + r * s_mr + c, mask=seen, other=0) > 0)  # [BLOCK_C]
         k = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
+        v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
+        v = tl.where(own[:, None], v.to(tl.float32), 0.0)  # unowned columns may hold anything
         s = tl.sum(qv[:, None, :] * k.to(tl.float32)[None, :, :], 2)  # [GP, BLOCK_C]
         s = tl.where(own[None, :], s, float("-inf"))
         m = tl.maximum(tl.max(s, 1), -1e30)  # [GP]; -1e30 when the block owns no column
         p = tl.exp(s - m[:, None])  # [GP, BLOCK_C]
-        v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
-        o = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)  # [GP, BLOCK_D]
-        base = (n * tl.num_programs(1) + j) * SP + b  # partials [N, kv, SP, GP(, BLOCK_D)]
-        tl.store(part_m + base * GP + gi, m)
-        tl.store(part_l + base * GP + gi, tl.sum(p, 1))
-        tl.store(part_o + (base * GP + gi[:, None]) * BLOCK_D + d[None, :], o)
+        o = tl.sum(p[:, :, None] * v[None, :, :], 1)  # [GP, BLOCK_D]
+        head = n * tl.num_programs(1) + j
+        base = head * SP  # partials [N, kv, SP, GP(, BLOCK_D)]
+        tl.store(part_m + (base + b) * GP + gi, m)
+        tl.store(part_l + (base + b) * GP + gi, tl.sum(p, 1))
+        tl.store(part_o + ((base + b) * GP + gi[:, None]) * BLOCK_D + d[None, :], o)
+        if LAST_COMBINES:  # the last block of (token, head) to finish combines: no second kernel
+            tl.debug_barrier()  # every thread's partial stores are issued before the ticket
+            ticket = tl.atomic_add(tickets + head, 1, sem="acq_rel", scope="gpu")
+            if ticket == S - 1:
+                _combine(part_m, part_l, part_o, out, n, j, S, s_on, s_oh, base, G, GP, HD, BLOCK_D, SP, RB)
+                tl.atomic_xchg(tickets + head, 0, sem="relaxed", scope="gpu")  # reset for the next launch
 
     @triton.jit
     def _attend_reduce_kernel(part_m, part_l, part_o, out, S, s_on, s_oh,
@@ -136,28 +174,8 @@ if triton is not None:
                               SP: tl.constexpr, RB: tl.constexpr):
         n = tl.program_id(0)
         j = tl.program_id(1)
-        gi = tl.arange(0, GP)
-        d = tl.arange(0, BLOCK_D)
-        base = (n * tl.num_programs(1) + j) * SP
-        top = tl.full([GP], -1e30, tl.float32)
-        total = tl.zeros([GP], tl.float32)
-        acc = tl.zeros([GP, BLOCK_D], tl.float32)
-        for b0 in range(0, SP, RB):  # RB partials at a time, combined online
-            sb = b0 + tl.arange(0, RB)
-            used = sb < S
-            m = tl.load(part_m + (base + sb[:, None]) * GP + gi[None, :], mask=used[:, None], other=-1e30)  # [RB, GP]
-            l_ = tl.load(part_l + (base + sb[:, None]) * GP + gi[None, :], mask=used[:, None], other=0.0)
-            o = tl.load(part_o + ((base + sb[:, None, None]) * GP + gi[None, :, None]) * BLOCK_D + d[None, None, :],
-                        mask=used[:, None, None], other=0.0)  # [RB, GP, BLOCK_D]
-            new_top = tl.maximum(top, tl.max(m, 0))  # [GP]
-            alpha = tl.exp(top - new_top)
-            w = tl.exp(m - new_top[None, :])  # [RB, GP]
-            total = total * alpha + tl.sum(w * l_, 0)
-            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, 0)
-            top = new_top
-        res = acc / tl.where(total > 0, total, 1.0)[:, None]  # a token that owns no column (left padding): 0
-        qm = (gi[:, None] < G) & (d[None, :] < HD)
-        tl.store(out + n * s_on + (j * G + gi[:, None]) * s_oh + d[None, :], res.to(out.dtype.element_ty), mask=qm)
+        _combine(part_m, part_l, part_o, out, n, j, S, s_on, s_oh, (n * tl.num_programs(1) + j) * SP,
+                 G, GP, HD, BLOCK_D, SP, RB)
 
     @triton.jit
     def _silu_mul_kernel(gu, out, FF, s_gu, s_out, BLOCK: tl.constexpr):
@@ -213,6 +231,18 @@ def attend_fits(tokens: int, columns: int) -> bool:
     return tokens <= 64 and columns <= ATTEND_MAX_COLUMNS
 
 
+_tickets: dict[torch.device, torch.Tensor] = {}
+
+
+def _tickets_for(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters for the last-block combine; each launch leaves them zero again. Made
+    by the eager warm-up that precedes every capture, so a captured graph only reuses them."""
+    t = _tickets.get(device)
+    if t is None or t.numel() < n:
+        t = _tickets[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return t
+
+
 def attend(
     q: torch.Tensor,  # [N, h, hd] rotated queries, N = rows * T
     keys: torch.Tensor,  # [rows, kv, C, hd]
@@ -220,32 +250,42 @@ def attend(
     mask: torch.Tensor,  # [rows', C] long (rows' >= rows): 1 = the row owns the column
     write: torch.Tensor,  # [T] long: the new tokens' columns
     scale: float,
+    *,
+    block_c: int | None = None,
+    last_combines: bool | None = None,
 ) -> torch.Tensor:  # [N, h, hd]
     """Attention of each new token over the owned cache columns up to its own (grouped-query).
 
     Split over column blocks (flash-decoding): one program per (token, kv head, block of columns)
-    writes a partial softmax (max, sum, weighted values), a second kernel combines them. Blocks past
-    a token's own column read no memory, so the cost follows the filled length, not the capacity.
+    writes a partial softmax (max, sum, weighted values); the last program of each (token, kv head)
+    to finish combines them (an atomic ticket; under Triton's interpreter a second kernel does).
+    Blocks past a token's own column read no memory, so the cost follows the filled length, not the
+    capacity. ``block_c`` (columns per program) and ``last_combines`` are for benchmarks.
     """
     N, h, hd = q.shape
     kvh, C = keys.shape[1], keys.shape[2]
     g = h // kvh
     gp, block_d = max(_pow2(g), 2), _pow2(hd)
-    block_c = _block_c(C, gp, block_d)
+    block_c = block_c or _block_c(C, gp, block_d)
     S = triton.cdiv(C, block_c)  # <= MAX_SPLITS
     sp = _pow2(S)
-    rb = min(sp, 16)
+    rb = min(sp, max(2, 16384 // (gp * block_d)))  # partials combined per pass
+    if last_combines is None:
+        last_combines = q.device.type == "cuda"
     part_m = torch.empty(N, kvh, sp, gp, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)
     part_o = torch.empty(N, kvh, sp, gp, block_d, dtype=torch.float32, device=q.device)
-    _attend_split_kernel[(N, kvh, S)](
-        q, keys, values, mask, write, part_m, part_l, part_o, write.shape[0], scale,
-        q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
-        values.stride(0), values.stride(1), values.stride(2), mask.stride(0),
-        G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, num_warps=4)
     out = torch.empty_like(q)
-    _attend_reduce_kernel[(N, kvh)](part_m, part_l, part_o, out, S, out.stride(0), out.stride(1),
-                                    G=g, GP=gp, HD=hd, BLOCK_D=block_d, SP=sp, RB=rb, num_warps=4)
+    tickets = _tickets_for(q.device, N * kvh) if last_combines else part_m
+    _attend_split_kernel[(N, kvh, S)](
+        q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, write.shape[0], S, scale,
+        q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
+        values.stride(0), values.stride(1), values.stride(2), mask.stride(0), out.stride(0), out.stride(1),
+        G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb, LAST_COMBINES=last_combines,
+        num_warps=4)
+    if not last_combines:
+        _attend_reduce_kernel[(N, kvh)](part_m, part_l, part_o, out, S, out.stride(0), out.stride(1),
+                                        G=g, GP=gp, HD=hd, BLOCK_D=block_d, SP=sp, RB=rb, num_warps=4)
     return out
 
 
