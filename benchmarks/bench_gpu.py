@@ -188,6 +188,13 @@ class Bench:
                      "fused=False: the model's own layers captured")
             lm.fast = None
 
+        def no_kernels():
+            lm.fast = FastPath(lm, kernels=False)  # the fused step without decodekit's Triton kernels
+            t = median_time(lambda: self.dk(prompt, n=n, eos=False), runs)
+            self.add(self.name, "decodekit greedy (graph path, fused, no Triton kernels)", 1e3 * t / n,
+                     "kernels=False")
+            lm.fast = None
+
         def beam():
             names = decodekit.strategies.available()
             if "beam" not in names:
@@ -199,6 +206,7 @@ class Bench:
 
         self.guarded("decodekit eager greedy", eager)
         self.guarded("decodekit greedy (graph path)", graph)
+        self.guarded("decodekit greedy (graph path, fused, no Triton kernels)", no_kernels)
         self.guarded("decodekit greedy (graph path, transformers' forward)", unfused)
         for mode in self.args.compile:
             self.guarded(f"decodekit greedy, compile {mode} in graph", lambda m=mode: self.compiled(prompt, n, m))
@@ -231,6 +239,13 @@ class Bench:
         self.add(self.name, "decodekit greedy (summarise prompt)", 1e3 * tg, f"{n_ref} tokens")
         self.add(self.name, "decodekit prompt lookup (summarise)", 1e3 * tp,
                  f"{tg / tp:.2f}x greedy, {same}, mean accepted {acc:.2f}/verify")
+        kw = dict(draft_policy="schedule", draft_tokens=8, adaptive=False)  # always the widest verify
+        out = self.dk(prompt, "prompt_lookup", n=n, **kw)
+        ts = median_time(lambda: self.dk(prompt, "prompt_lookup", n=n, **kw), runs) / len(out.token_ids[0])
+        acc = out.stats.extra.get("accepted_per_verify", float("nan"))
+        same = "identical to greedy" if out.token_ids == ref.token_ids else "DIFFERS from greedy"
+        self.add(self.name, "decodekit prompt lookup, 8 drafts always", 1e3 * ts,
+                 f"{tg / ts:.2f}x greedy, {same}, mean accepted {acc:.2f}/verify")
 
     # ---------------------------------------------------------------- where time goes
     def where_time_goes(self) -> None:
