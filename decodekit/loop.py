@@ -1,8 +1,9 @@
 """The generation loop: prefill, ``strategy.step`` until every row stops, monitors, streaming, result.
 
 It never looks at which strategy runs: everything decoder-specific happens in ``init``, ``step`` and
-``finalize``. One host sync per step (``done.all()``), plus whatever stop strings and acting
-monitors need.
+``finalize``. At most one host sync per step (``done.all()``), plus whatever stop strings and acting
+monitors need; on CUDA, where it is safe, that one reads the step before the one just queued, so
+the host prepares a step while the GPU runs the previous one (:mod:`decodekit.lag`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from decodekit.lag import StopCheck, lag_allowed
 from decodekit.monitors.base import ACTIONS, OK, ROLLBACK, STOP, Monitor, Verdict
 from decodekit.monitors.runner import MonitorRunner
 from decodekit.state import DecodeState, Flag, Generation, Stats
@@ -43,7 +45,8 @@ def run(
     state = strategy.init(state)
     flags: list[Flag] = []
     max_steps = 8 * max_new_tokens + 64  # guards against monitors that roll back forever
-    while not bool(state.done.all()):
+    check = StopCheck(state, lag_allowed(state, strategy, stopping, monitors, stream))
+    while not check.all_done(state):  # on CUDA possibly one step late (decodekit.lag)
         out = stopping.clip(state, strategy.step(state))
         state.append(out)
         state.steps += 1
@@ -54,11 +57,13 @@ def run(
             stream.update(state)
         if state.steps >= max_steps:
             _stop_all(state, "step_limit")
+        check.queued(state)
+    state.steps -= check.idle_steps  # a lagged check's idle last step (no tokens) is not counted
     candidates = strategy.finalize(state)
     if stream is not None:
         stream.close(state, candidates)
     stats = Stats(
-        forward_passes=lm.forward_passes - passes0,
+        forward_passes=lm.forward_passes - passes0 - check.idle_passes,
         new_tokens=sum(len(c[0].token_ids) for c in candidates),
         steps=state.steps,
         prefill_time_s=t_prefill,

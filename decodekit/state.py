@@ -19,7 +19,9 @@ import torch
 
 from decodekit.processors import History
 
-__all__ = ["DecodeState", "StepOutput", "Candidate", "Stats", "Flag", "Trace", "Generation"]
+__all__ = ["DecodeState", "StepOutput", "Candidate", "Stats", "Flag", "Trace", "Generation", "FINISH_CODES"]
+
+FINISH_CODES = ("", "eos", "length")  # finish reasons that DecodeState.mark_done records on the device
 
 
 @dataclass
@@ -58,7 +60,7 @@ class DecodeState:
     limit: torch.Tensor  # [rows] long: most tokens each row may generate
     logprobs: torch.Tensor  # [rows, max_new_tokens] float32: model log-prob of each generated token
     done: torch.Tensor  # [rows] bool
-    finish: list[str]  # [rows] why each row stopped ("" while running)
+    finish: list[str]  # [rows] why each row stopped ("" while running); see ``mark_done``
     prompt_of_row: torch.Tensor  # [rows] long: which prompt a row decodes
     generator: torch.Generator | None
     user_processors: tuple = ()  # extra logits processors from the caller (HF adapters ...)
@@ -69,6 +71,8 @@ class DecodeState:
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-owned data and stats
     traces: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [rows, max_new_tokens] float32
     # per-token signal values by generated position (monitors, strategies); rollback-safe, in the result
+    finish_codes: torch.Tensor | None = field(default=None, repr=False)  # [rows] long: reasons that
+    # ``mark_done`` recorded on the device (index into FINISH_CODES, 0 = none), not yet in ``finish``
 
     @property
     def rows(self) -> int:
@@ -103,6 +107,13 @@ class DecodeState:
         return self.next_logits
 
     # ------------------------------------------------------------------ bookkeeping
+    def mark_done(self, newly: torch.Tensor, reason: torch.Tensor) -> None:
+        """Mark rows ``newly [rows] bool`` (running ones) done for ``reason [rows] long`` (codes into
+        ``FINISH_CODES``) without a host sync: the names reach ``finish`` when it is next read."""
+        codes = self.finish_codes if self.finish_codes is not None else torch.zeros_like(reason)
+        self.finish_codes = torch.where(newly, reason, codes)  # [rows]
+        self.done = self.done | newly
+
     def append(self, out: StepOutput) -> None:
         """Write each row's ``out.count`` new tokens after its generated ones; they become pending.
 
@@ -185,6 +196,27 @@ class DecodeState:
 
     def logprobs_of(self, row: int) -> list[float]:
         return self.logprobs[row, : int(self.n_new[row])].tolist()
+
+
+def _get_finish(self: DecodeState) -> list[str]:
+    """``DecodeState.finish``: copies in the reasons ``mark_done`` recorded on the device first (one
+    host sync, then none until a row is marked again), so every reader sees them."""
+    names = self.__dict__["_finish"]
+    if self.finish_codes is not None:
+        codes, self.finish_codes = self.finish_codes.tolist(), None
+        for r, code in enumerate(codes):
+            if code:
+                names[r] = FINISH_CODES[code]
+    return names
+
+
+def _set_finish(self: DecodeState, names: list[str]) -> None:
+    self.__dict__["_finish"] = names  # replaces every reason, those still on the device too
+    self.finish_codes = None
+
+
+# a property over the dataclass field (the generated __init__ assigns through it)
+DecodeState.finish = property(_get_finish, _set_finish)  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

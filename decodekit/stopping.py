@@ -1,7 +1,8 @@
 """Per-row stopping: EOS ids, max new tokens (and the model context), stop strings, HF criteria.
 
 Token-level checks (EOS, length) run on the device on the step's tokens before they are appended:
-a row keeps the tokens up to and including its first EOS, and never more than its limit. Stop strings
+a row keeps the tokens up to and including its first EOS, and never more than its limit; with these
+alone, no step needs a host sync (finish reasons stay on the device until read). Stop strings
 need text, so they are checked on the host, only for rows that still run and only when given, on
 the text of each row's last tokens only (``STOP_WINDOW`` plus the longest stop string's length in
 tokens: a step adds at most that many, and a token decodes to at least one character), so the
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decodekit.state import DecodeState, StepOutput
+from decodekit.state import FINISH_CODES, DecodeState, StepOutput
 
 __all__ = ["Stopping", "STOP_WINDOW"]
 
 STOP_WINDOW = 64  # tokens one step may add (speculative steps add up to max_draft_tokens + 1)
+_EOS, _LENGTH = FINISH_CODES.index("eos"), FINISH_CODES.index("length")
 
 
 @dataclass
@@ -85,10 +87,17 @@ class Stopping:
         return self._eos  # [n_eos] long
 
     def update(self, state: DecodeState) -> None:
-        """After the tokens are appended: mark rows done (EOS, length, stop strings, criteria)."""
-        hit_eos = state.extra.pop("_hit_eos", torch.zeros_like(state.done))
-        at_limit = state.n_new >= state.limit
-        newly = ~state.done & (hit_eos | at_limit)
+        """After the tokens are appended: mark rows done (EOS, length, stop strings, criteria).
+
+        With EOS and length only, no host sync: rows are marked on the device
+        (:meth:`~decodekit.state.DecodeState.mark_done`) and their reasons named when read."""
+        hit_eos = state.extra.pop("_hit_eos", None)  # [rows] bool
+        hit_eos = torch.zeros_like(state.done) if hit_eos is None else hit_eos
+        at_limit = state.n_new >= state.limit  # [rows] bool
+        newly = ~state.done & (hit_eos | at_limit)  # [rows] bool
+        if not self.stop_strings and not self.criteria:
+            state.mark_done(newly, torch.where(hit_eos, _EOS, _LENGTH))
+            return
         if self.stop_strings:
             newly = newly | (~state.done & self._stop_string_rows(state))
         for crit in self.criteria:

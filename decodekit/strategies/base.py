@@ -9,7 +9,9 @@ per-decode data lives in the :class:`~decodekit.state.DecodeState`.
 * ``finalize(state) -> [prompt][rank] Candidate``: assemble the returned sequences.
 
 Capability flags are class attributes: ``graph_safe`` (the step can run inside a captured CUDA
-graph), ``uses_generator`` (draws random numbers; seeded through ``state.generator``).
+graph), ``uses_generator`` (draws random numbers; seeded through ``state.generator``),
+``lagged_stops`` (the step needs no host sync and a step over finished rows changes nothing: on
+CUDA the loop then checks stops one step late, :mod:`decodekit.lag`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Strategy:
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
     graph_safe: ClassVar[bool] = False
     uses_generator: ClassVar[bool] = False
+    lagged_stops: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig | None = None, **options):
         if config is not None and options:

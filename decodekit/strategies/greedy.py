@@ -37,6 +37,7 @@ class Greedy(Strategy):
 
     Config = GreedyConfig
     graph_safe = True
+    lagged_stops = True  # no host sync in the step: the loop may check stops one step late
 
     def __init__(self, config: GreedyConfig | None = None, **options):
         super().__init__(config, **options)

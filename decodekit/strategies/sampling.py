@@ -50,6 +50,7 @@ class Sample(Strategy):
     Config = SampleConfig
     graph_safe = True
     uses_generator = True
+    lagged_stops = True  # no host sync in the step: the loop may check stops one step late
 
     def __init__(self, config: SampleConfig | None = None, **options):
         super().__init__(config, **options)
