@@ -337,9 +337,14 @@ def apply_processors(
     return logits
 
 
-def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None,
+                       rows: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """[rows, V] processed logits (may contain -inf) -> [rows] long; draws from softmax(logits) with the
     exponential-race trick: argmax(p / E) with E ~ Exp(1) drawn with `generator` (no host sync, no multinomial).
+
+    ``rows = (batch, origin)`` (``DecodeState.draw_rows``): the logits' rows are rows ``origin [rows]``
+    of a batch of ``batch`` rows (others finished and left it); E is drawn for the whole batch and
+    these rows taken, so each row gets the draws it gets in the full batch.
 
     Probabilities are computed in float32 (at least), so bf16/fp16 logits sample as finely as fp32.
     Filtered tokens (p = 0) are never drawn: E is clamped away from 0. A row of all -inf has no
@@ -351,6 +356,11 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None) 
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)
     probs = torch.softmax(logits.to(dtype), dim=-1)  # [rows, V]
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)  # [rows, V] E ~ Exp(1)
+    if rows is None:
+        race = torch.empty_like(probs).exponential_(1.0, generator=generator)  # [rows, V] E ~ Exp(1)
+    else:
+        batch, origin = rows
+        race = probs.new_empty(batch, probs.shape[-1]).exponential_(1.0, generator=generator)  # [batch, V]
+        race = race.index_select(0, origin)  # [rows, V]
     race = race.clamp_min(torch.finfo(dtype).tiny)  # [rows, V]
     return torch.argmax(probs / race, dim=-1)  # [rows] long

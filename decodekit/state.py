@@ -73,10 +73,21 @@ class DecodeState:
     # per-token signal values by generated position (monitors, strategies); rollback-safe, in the result
     finish_codes: torch.Tensor | None = field(default=None, repr=False)  # [rows] long: reasons that
     # ``mark_done`` recorded on the device (index into FINISH_CODES, 0 = none), not yet in ``finish``
+    # once finished rows have left the batch (decodekit.compaction): [rows] long, each row's row in the
+    # batch the decode began with (``batch_rows`` of them); None while every row is still there
+    origin: torch.Tensor | None = None
+    batch_rows: int = 0
 
     @property
     def rows(self) -> int:
         return self.ids.shape[0]
+
+    @property
+    def draw_rows(self) -> tuple[int, torch.Tensor] | None:
+        """``(batch_rows, origin)`` once finished rows have left the batch, else None: random draws
+        are made for the whole original batch and these rows taken from them, so a row's draws do
+        not depend on which other rows are still decoding (see ``sample_from_logits``)."""
+        return None if self.origin is None else (self.batch_rows, self.origin)
 
     @property
     def end(self) -> torch.Tensor:  # [rows] long: one past each row's last token in ids
@@ -167,9 +178,9 @@ class DecodeState:
         self.done = self.done & (n == 0)
         for r in torch.nonzero(n > 0).flatten().tolist():
             self.finish[r] = ""
-        self._trim()
+        self.trim()
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
         """Crop cache columns that no row uses any more (all rows masked at the end)."""
         used = self.attention_mask.any(0)  # [S]
         keep = int(used.nonzero().max()) + 1 if bool(used.any()) else 0
@@ -178,13 +189,18 @@ class DecodeState:
             self.attention_mask = self.attention_mask[:, :keep]
 
     def select_rows(self, index: torch.Tensor) -> None:
-        """Make row i a copy of old row ``index[i]`` ([rows'] long): beams, row expansion."""
+        """Make row i a copy of old row ``index[i]`` ([rows'] long): beams, row expansion, finished
+        rows leaving the batch (:mod:`decodekit.compaction`)."""
         self.lm.select_rows(self.cache, index)
         for name in ("attention_mask", "next_logits", "ids", "start", "n_new", "limit", "logprobs",
                      "done", "prompt_of_row"):
             setattr(self, name, getattr(self, name).index_select(0, index))
         if self.pending is not None:
             self.pending = self.pending.index_select(0, index)
+        if self.origin is not None:
+            self.origin = self.origin.index_select(0, index)
+        if isinstance(self.extra.get("switch"), torch.Tensor):  # the monitors' SWITCH rows ([rows] bool)
+            self.extra["switch"] = self.extra["switch"].index_select(0, index)
         self.traces = {k: v.index_select(0, index) for k, v in self.traces.items()}
         self.finish = [self.finish[i] for i in index.tolist()]
 
