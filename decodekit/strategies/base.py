@@ -11,12 +11,16 @@ per-decode data lives in the :class:`~decodekit.state.DecodeState`.
 Capability flags are class attributes: ``graph_safe`` (the step can run inside a captured CUDA
 graph), ``uses_generator`` (draws random numbers; seeded through ``state.generator``),
 ``lagged_stops`` (the step needs no host sync and a step over finished rows changes nothing: on
-CUDA the loop then checks stops one step late, :mod:`decodekit.lag`).
+CUDA the loop then checks stops one step late, :mod:`decodekit.lag`), ``compactable`` (rows are
+independent: the loop may drop finished rows from the batch, :mod:`decodekit.compaction`; a strategy
+with per-row data of its own in ``state.extra`` then selects it in ``keep_rows``).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+import torch
 
 from decodekit.config import StrategyConfig
 from decodekit.state import Candidate, DecodeState, StepOutput
@@ -30,6 +34,7 @@ class Strategy:
     graph_safe: ClassVar[bool] = False
     uses_generator: ClassVar[bool] = False
     lagged_stops: ClassVar[bool] = False
+    compactable: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig | None = None, **options):
         if config is not None and options:
@@ -48,6 +53,10 @@ class Strategy:
 
     def step(self, state: DecodeState) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
+        """Finished rows leave the batch: keep rows ``index [rows']`` of the strategy's own per-row
+        data in ``state.extra`` (the loop then selects the state's rows). Only for ``compactable``."""
 
     def finalize(self, state: DecodeState) -> list[list[Candidate]]:
         """One candidate per row; rows map one-to-one to prompts (override for beams)."""

@@ -106,6 +106,7 @@ class EAS(Strategy):
     Config = EASConfig
     graph_safe = False  # no host sync and in-place buffers, but not yet run inside a CUDA graph
     uses_generator = True
+    compactable = True  # rows are independent; per-row data only in state.traces
 
     def __init__(self, config: EASConfig | None = None, **options):
         super().__init__(config, **options)
@@ -140,7 +141,8 @@ class EAS(Strategy):
         ``skip [rows]`` choose otherwise: their decision is not recorded)."""
         scores = state.process(logits)  # [rows, V]
         greedy = scores.argmax(-1)
-        sampled = sample_from_logits(apply_processors(self.warpers, scores, None), state.generator)
+        sampled = sample_from_logits(apply_processors(self.warpers, scores, None), state.generator,
+                                     state.draw_rows)
         sample = (t >= self.config.g) & (h > upper)  # [rows]
         if skip is not None:
             sample = sample & ~skip
@@ -170,6 +172,10 @@ class EAD(EAS):
         state.extra["ead_backoffs"] = torch.zeros_like(state.n_new)  # [rows]
         state.extra["stat_backoffs"] = torch.zeros((), dtype=torch.long, device=state.n_new.device)
         return state
+
+    def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
+        for key in ("ead_rank", "ead_backoffs"):  # [rows, max_new_tokens], [rows]
+            state.extra[key] = state.extra[key].index_select(0, index)
 
     def step(self, state: DecodeState) -> StepOutput:
         c = self.config

@@ -38,6 +38,7 @@ class Greedy(Strategy):
     Config = GreedyConfig
     graph_safe = True
     lagged_stops = True  # no host sync in the step: the loop may check stops one step late
+    compactable = True  # rows are independent: finished rows may leave the batch
 
     def __init__(self, config: GreedyConfig | None = None, **options):
         super().__init__(config, **options)

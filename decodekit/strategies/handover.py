@@ -55,6 +55,14 @@ class Handover(Strategy):
         super().__init__(config, **options)
         self.primary, self.fallback = self.config.build("primary"), self.config.build("fallback")
 
+    @property
+    def compactable(self) -> bool:  # finished rows may leave where both strategies allow it
+        return bool(self.primary.compactable and self.fallback.compactable)
+
+    def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
+        self.primary.keep_rows(state, index)  # state.extra["switch"] moves with the state's rows
+        self.fallback.keep_rows(state, index)
+
     def init(self, state: DecodeState) -> DecodeState:
         rows = state.rows
         state = self.fallback.init(self.primary.init(state))

@@ -51,6 +51,7 @@ class Sample(Strategy):
     graph_safe = True
     uses_generator = True
     lagged_stops = True  # no host sync in the step: the loop may check stops one step late
+    compactable = True  # rows are independent; their draws do not depend on the others (draw_rows)
 
     def __init__(self, config: SampleConfig | None = None, **options):
         super().__init__(config, **options)
@@ -59,4 +60,4 @@ class Sample(Strategy):
     def step(self, state: DecodeState) -> StepOutput:
         logits = state.advance()  # [rows, vocab]
         scores = apply_processors(self.processors, state.process(logits), state.history())
-        return StepOutput.single(sample_from_logits(scores, state.generator), logits)
+        return StepOutput.single(sample_from_logits(scores, state.generator, state.draw_rows), logits)

@@ -146,6 +146,10 @@ class HeadsProposer:
         count = torch.full_like(state.n_new, n)  # [rows]
         return Draft(torch.stack(tokens, 1), count, torch.stack(probs, 1) if probs else None)
 
+    def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
+        if state.extra["_bpd_hidden"] is not None:  # [rows, H]
+            state.extra["_bpd_hidden"] = state.extra["_bpd_hidden"].index_select(0, index)
+
     def accepted(self, state: DecodeState, draft: Draft, accepted: torch.Tensor) -> None:
         hidden = state.extra.pop("_spec_hidden", None)  # [rows, T, H]: T = k + 1 (pending + drafts)
         last = state.extra.pop("_spec_last_node", None)  # [rows]: a tree's final node (its column)

@@ -91,6 +91,14 @@ class DraftCache:
         unused = int(trailing_unused(self.mask))  # host sync
         self.mask = crop_columns(self.lm, self.cache, self.mask, unused)
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep rows ``index [rows']`` (finished rows left the batch)."""
+        self.lm.select_rows(self.cache, index)
+        self.mask = self.mask.index_select(0, index)  # [rows', S_d]
+        self.held = self.held.index_select(0, index)  # [rows']
+        unused = int(trailing_unused(self.mask))  # host sync (only when rows left)
+        self.mask = crop_columns(self.lm, self.cache, self.mask, unused)
+
     def _forward(self, ids: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
         mask = torch.cat([self.mask, new_mask], 1)  # [rows, S_d + T]
         out = self.lm.forward(ids, self.cache, mask)
@@ -135,6 +143,9 @@ class DraftModelProposer:
     def accepted(self, state: DecodeState, draft: Draft, accepted: torch.Tensor) -> None:
         k = draft.tokens.shape[1]
         state.extra["_spec_draft_cache"].keep(max(k - 1, 0), accepted)
+
+    def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
+        state.extra["_spec_draft_cache"].keep_rows(index)
 
 
 @register_strategy("speculative")

@@ -180,6 +180,9 @@ class PromptLookupProposer:
     def accepted(self, state: DecodeState, draft: Draft, accepted: torch.Tensor) -> None:
         pass
 
+    def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
+        pass  # no per-row data: drafts come from state.ids
+
 
 @register_strategy("prompt_lookup")
 class PromptLookup(DraftVerify):

@@ -23,6 +23,11 @@ candidate).
 Optional: ``bucket_priors`` (``{bucket: (p_first, p_next)}``), the prior acceptance rates of the
 buckets a proposer puts in ``Draft.bucket`` (see :class:`~.draft_length.CostAwareLength`).
 
+Optional: ``keep_rows(state, index)``: finished rows left the batch (:mod:`decodekit.compaction`;
+with greedy verification); keep rows ``index [rows']`` of the proposer's per-row data in
+``state.extra``. A proposer with per-row data (a draft model's KV cache, hidden states) must
+implement it; one without it is taken to hold none.
+
 Example (a proposer that always proposes token 7):
     >>> class Sevens:
     ...     gives_probs = False

@@ -33,8 +33,9 @@ passes, so this matters (measured costs and speedups: :mod:`.draft_length`).
 Stats (``Generation.stats.extra``): ``accepted_per_verify`` (mean accepted drafts per row-verify
 with drafts), ``acceptance_rate`` (accepted / proposed drafts; a tree proposes all its nodes),
 ``tokens_per_step`` (mean tokens a running row gains per step), ``target_forwards_per_token``
-(target passes incl. prefill, per generated token of a row; greedy = 1), ``draft_tokens`` (the
-final draft length; with ``draft_policy="cost"`` the last step's width), ``tree_verifies``
+(target passes incl. prefill, once per row they carried, per generated token; greedy = 1; a row
+that finished and left the batch, :mod:`decodekit.compaction`, no longer counts), ``draft_tokens``
+(the final draft length; with ``draft_policy="cost"`` the last step's width), ``tree_verifies``
 (target passes that verified token trees).
 
 Example:
@@ -72,11 +73,11 @@ class _Run:
 
     def __init__(self, k: int):
         self.k = k
-        self.target_forwards = 0
         self.accepted = 0  # accepted drafts, summed over running rows
         self.proposed = 0  # proposed drafts, summed over running rows
         self.verifies = 0  # (row, step) pairs where the row had drafts
         self.row_steps = 0  # (row, step) pairs where the row was running
+        self.row_forwards = 0  # (row, target pass) pairs: rows each target pass carried
         self.tree_verifies = 0  # target passes over a token tree
         self.trees = False  # token trees allowed in this decode (set in init)
         self.widths: WidthPicker | None = None  # draft_policy="cost": picks each step's width
@@ -92,6 +93,13 @@ class DraftVerify(Strategy):
     def __init__(self, config: DraftVerifyConfig | None = None, **options):
         super().__init__(config, **options)
         self.processors = build_processors(**self.config.processor_options())
+
+    @property
+    def compactable(self) -> bool:
+        """With greedy verification rows are independent and deterministic: finished rows may leave
+        the batch. Speculative sampling keeps them: its draws and the batch's draft width depend on
+        which rows are in the batch, so the same seed would give other tokens."""
+        return not self.config.do_sample
 
     # ------------------------------------------------------------------ extension point
     def make_proposer(self, state: DecodeState) -> Proposer:  # pragma: no cover - abstract
@@ -125,7 +133,7 @@ class DraftVerify(Strategy):
         active = ~state.done  # [rows]
         hidden = bool(getattr(proposer, "needs_hidden", False))
         logits = self._score(state, draft.tokens, active, hidden, tree)  # [rows, k + 1, V] raw target logits
-        run.target_forwards += int(state.pending is not None or k > 0)
+        run.row_forwards += state.rows * int(state.pending is not None or k > 0)  # a target pass ran
         scores = self._process_block(state, logits, draft.tokens, tree)  # [rows, k + 1, V]
         if tree is None:
             v = self.verify(state, scores, draft)
@@ -145,6 +153,19 @@ class DraftVerify(Strategy):
         logprobs = torch.log_softmax(logits, -1).gather(-1, v.tokens[..., None])[..., 0]  # [rows, k + 1]
         state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
         return StepOutput(v.tokens, accepted + 1, logprobs, logits, cached=accepted)
+
+    def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
+        """Finished rows leave the batch: the width picker's held verification (counted now), per-row
+        tensors the step leaves for the proposer, the proposer's own per-row data (``Proposer.keep_rows``)."""
+        run: _Run = state.extra[_RUN]
+        if run.widths is not None:
+            run.widths.keep_rows(run)
+        for key in ("_spec_last_node", "_spec_hidden"):  # [rows], [rows, T, H]
+            if isinstance(state.extra.get(key), torch.Tensor):
+                state.extra[key] = state.extra[key].index_select(0, index)
+        keep = getattr(state.extra["_spec_proposer"], "keep_rows", None)  # optional (Proposer docs)
+        if keep is not None:
+            keep(state, index)
 
     @staticmethod
     def trees_supported(state: DecodeState) -> bool:
@@ -171,7 +192,7 @@ class DraftVerify(Strategy):
             "stat_accepted_per_verify": run.accepted / max(run.verifies, 1),
             "stat_acceptance_rate": run.accepted / max(run.proposed, 1),
             "stat_tokens_per_step": new_tokens / max(run.row_steps, 1),
-            "stat_target_forwards_per_token": (1 + run.target_forwards) * state.rows / new_tokens,
+            "stat_target_forwards_per_token": (state.rows + run.row_forwards) / new_tokens,
             "stat_draft_tokens": run.k,
             "stat_tree_verifies": run.tree_verifies,
         })

@@ -67,6 +67,11 @@ class WidthPicker:
         bucket = draft.bucket if draft.bucket is not None else torch.zeros_like(accepted)
         self.last = torch.stack([torch.where(active, draft.count, 0), accepted, bucket, active.long()])
 
+    def keep_rows(self, run) -> None:
+        """Finished rows leave the batch: count the held verification now (it has their last
+        step), rather than at the next step's sync (a host read, only when rows leave)."""
+        self.flush(run)
+
     def flush(self, run) -> None:
         """Count the last step (at the end of a decode)."""
         if self.last is not None:
