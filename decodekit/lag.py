@@ -76,6 +76,7 @@ class StopCheck:
         self.flags: deque[_Flag] = deque()  # the last steps' flags, oldest first (at most 2)
         self.idle_steps = 0  # 1 once the last step turned out to be idle
         self.idle_passes = 0  # forward passes of that idle step
+        self.finished: int | None = None  # rows done at the last unlagged check (None: none yet)
         cuda = lagged and self.device.type == "cuda"
         # two pinned buffers, alternated: one is read while the next step's copy goes to the other
         self._buffers = [torch.empty((), dtype=torch.bool, pin_memory=True) for _ in range(2)] if cuda else []
@@ -85,7 +86,8 @@ class StopCheck:
     def all_done(self, state: DecodeState) -> bool:
         """Whether the loop stops now: every row was done before the step just queued."""
         if not self.lagged or not self.flags:
-            return bool(state.done.all())
+            self.finished = int(state.done.sum())  # the one host read; also for decodekit.compaction
+            return self.finished == state.rows
         if len(self.flags) == 2:  # else the step before the queued one is the start, checked at once
             older = self.flags.popleft()
             if older.read():  # the step queued since was idle

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from decodekit.compaction import Compaction
 from decodekit.lag import StopCheck, lag_allowed
 from decodekit.monitors.base import ACTIONS, OK, ROLLBACK, STOP, Monitor, Verdict
 from decodekit.monitors.runner import MonitorRunner
@@ -46,7 +47,9 @@ def run(
     flags: list[Flag] = []
     max_steps = 8 * max_new_tokens + 64  # guards against monitors that roll back forever
     check = StopCheck(state, lag_allowed(state, strategy, stopping, monitors, stream))
+    rows = Compaction(state, strategy, runner, stopping, check.lagged)
     while not check.all_done(state):  # on CUDA possibly one step late (decodekit.lag)
+        rows.leave(state, check.finished)  # finished rows leave the batch (decodekit.compaction)
         out = stopping.clip(state, strategy.step(state))
         state.append(out)
         state.steps += 1
@@ -59,6 +62,7 @@ def run(
             _stop_all(state, "step_limit")
         check.queued(state)
     state.steps -= check.idle_steps  # a lagged check's idle last step (no tokens) is not counted
+    rows.restore(state)  # every row back, in the original order
     candidates = strategy.finalize(state)
     if stream is not None:
         stream.close(state, candidates)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from decodekit.state import Candidate, DecodeState
 
 __all__ = ["Stream"]
@@ -32,12 +34,13 @@ class Stream:
         self.lengths: dict[int, int] = {}
 
     def update(self, state: DecodeState) -> None:
-        if state.rows != int(state.prompt_of_row.max()) + 1:
+        n_new, prompts = torch.stack([state.n_new, state.prompt_of_row]).tolist()  # one host read
+        if len(set(prompts)) != len(prompts):
             return  # several rows per prompt: the best text comes at the end
-        for r, n in enumerate(state.n_new.tolist()):
-            if self.lengths.get(r) != n:
-                self.lengths[r] = n
-                self._emit(r, state.lm.decode(state.tokens_of(r)), final=False)
+        for r, (n, p) in enumerate(zip(n_new, prompts)):  # rows that finished may have left the batch
+            if self.lengths.get(p) != n:
+                self.lengths[p] = n
+                self._emit(p, state.lm.decode(state.tokens_of(r)), final=False)
 
     def close(self, state: DecodeState, candidates: list[list[Candidate]]) -> None:
         for p, cands in enumerate(candidates):

@@ -55,6 +55,15 @@ class MonitorRunner:
         self.memory: dict[str, Any] = {}
         self.computed: Counter[str] = Counter()  # signal name -> times computed (one per step)
 
+    @property
+    def compactable(self) -> bool:
+        """Whether finished rows may leave the batch (:mod:`decodekit.compaction`): every monitor and
+        signal keeps its per-row data in ``state.traces`` (which moves with the rows). Signal
+        monitors and signals do unless they say ``compactable = False``; plain monitors only when
+        they say ``compactable = True``."""
+        return (all(getattr(m, "compactable", uses_signals(m)) for m in self.monitors)
+                and all(getattr(s, "compactable", True) for s in self.plan))
+
     def observe(self, state: DecodeState, out: StepOutput) -> list[tuple[Any, Verdict | None]]:
         """Compute the plan's signals for this step, then each monitor's verdict, in order."""
         if not self.monitors:

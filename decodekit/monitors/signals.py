@@ -67,11 +67,14 @@ def known_signals(per_token_only: bool = False) -> list[str]:
 
 class Signal:
     """One quantity computed per step. ``traced`` signals are ``[rows, n]`` floats kept per token;
-    untraced ones are intermediates of any shape (e.g. ``log_probs [rows, n, vocab]``)."""
+    untraced ones are intermediates of any shape (e.g. ``log_probs [rows, n, vocab]``).
+    ``compactable``: False for a signal that keeps per-row data outside ``state.traces`` (e.g. its
+    own KV cache in ``ctx.memory``); finished rows then stay in the batch (:mod:`decodekit.compaction`)."""
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     traced: ClassVar[bool] = True
+    compactable: ClassVar[bool] = True
 
     def compute(self, ctx: "StepSignals") -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
