@@ -73,7 +73,7 @@ if triton is not None:
         g = tl.load(w + i, mask=m, other=0.0).to(tl.float32)
         tl.store(out + n * s_out + i, (v * r * g).to(out.dtype.element_ty), mask=m)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T"])  # one compile for prefill, decode (T = 1) and verify widths
     def _rope_write_kernel(qkv, cos, sin, write, keys, values, q_out, T,
                            s_qkv, s_cs, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_qn, s_qh,
                            H: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -128,7 +128,7 @@ if triton is not None:
         qm = (gi[:, None] < G) & (d[None, :] < HD)
         tl.store(out + n * s_on + (j * G + gi[:, None]) * s_oh + d[None, :], res.to(out.dtype.element_ty), mask=qm)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "S"])
     def _attend_split_kernel(q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, T, S, scale,
                              s_qn, s_qh, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr, s_on, s_oh,
                              G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -168,7 +168,7 @@ if triton is not None:
                 _combine(part_m, part_l, part_o, out, n, j, S, s_on, s_oh, base, G, GP, HD, BLOCK_D, SP, RB)
                 tl.atomic_xchg(tickets + head, 0, sem="relaxed", scope="gpu")  # reset for the next launch
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["S"])
     def _attend_reduce_kernel(part_m, part_l, part_o, out, S, s_on, s_oh,
                               G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
                               SP: tl.constexpr, RB: tl.constexpr):

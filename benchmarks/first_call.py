@@ -1,0 +1,40 @@
+"""Time to the first generated tokens on the CUDA-graph path, from a cold start (needs CUDA).
+
+A random-weight SmolLM2-shaped bf16 model; the first ``generate`` of 96 tokens pays prefill, graph
+capture and (with an empty Triton cache) compiling decodekit's Triton kernels. Point
+``TRITON_CACHE_DIR`` at an empty folder to measure a machine's very first call::
+
+    TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/first_call.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench_gpu as B  # noqa: E402
+from probe_syncs import SMOL  # noqa: E402
+
+import decodekit  # noqa: E402
+
+
+def main() -> None:
+    B.SHAPES["smol"] = SMOL
+    lm = decodekit.load(B.random_model("smol"), B.IdTokenizer())
+    prompt = [list(range(100, 140))]
+    for attempt in ("first call", "second call"):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        gen = decodekit.generate(lm, prompt, "greedy", max_new_tokens=96, eos_token_id=lm.vocab_size - 1)
+        torch.cuda.synchronize()
+        print(f"{attempt}: {time.perf_counter() - t0:.2f} s (prefill {gen.stats.prefill_time_s:.2f} s, "
+              f"graph capture so far {lm.fast.capture_s:.2f} s, kernels={lm.fast.kernels})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
