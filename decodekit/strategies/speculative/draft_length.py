@@ -31,7 +31,8 @@ the rows (0 = finished; :mod:`.width` weighs rows that are ahead of the slowest 
 Measured (``benchmarks/bench_speculative.py``, 8 grounded prompts, 64 new tokens, one thread;
 before: the schedule, drafts of up to 16): prompt lookup 1.28x -> 1.46x greedy's speed in batch 1
 (1.55x in a 2-round run; 1.02x -> 1.24x transformers' prompt lookup; acceptance rate 0.26 -> 0.50),
-0.71x -> 0.94x in batches of 4 (each batch waits for a row that copies little).
+0.71x -> 0.94x in batches of 4 (each batch waits for a row that copies little; 1.03x since
+finished rows leave the batch, :mod:`decodekit.compaction`).
 
 The older rule (``draft_policy="schedule"``: grow by 2 when some row accepts its whole draft, else
 shrink by 1, as BASS and transformers' heuristic schedule do) is :class:`Schedule`.
