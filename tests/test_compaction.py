@@ -18,6 +18,7 @@ import torch
 
 import decodekit
 import decodekit.compaction
+from decodekit.fast import FastPath
 from decodekit.monitors import STOP, Record, Threshold, Verdict
 from decodekit.strategies.speculative import BlockwiseHeads
 from tests.toy import tiny_lm as make_tiny_lm
@@ -244,3 +245,15 @@ def test_forward_passes_count_only_the_rows_in_the_batch(lm, eos, compact):
     rows, steps, tokens = len(PROMPTS), full.stats.steps, full.stats.new_tokens
     assert rows * steps / tokens <= full.stats.extra["target_forwards_per_token"] <= rows * (1 + steps) / tokens
     assert compacted.stats.extra["target_forwards_per_token"] < full.stats.extra["target_forwards_per_token"]
+
+
+@pytest.mark.parametrize("name", ["greedy", "prompt_lookup"])
+def test_static_cache_drops_rows_too(lm, eos, compact, name):
+    """The fast path's static cache (here without CUDA graphs, on the CPU) selects rows the same way."""
+    compact(True)
+    fast = make_tiny_lm()
+    fast.fast = FastPath(fast, capture=False)
+    log = RowLog()
+    got = _gen(fast, PROMPTS, name, eos, log)
+    assert _shrank(log)
+    assert got.token_ids == _gen(lm, PROMPTS, "greedy", eos).token_ids
