@@ -18,11 +18,12 @@ def test_head_logits_equal_the_models_own():
     mask = torch.ones(4, 7, dtype=torch.long)
     mask[0, :3] = 0
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    kw = decodekit.load(model, ByteTokenizer())._cache_kw  # "cache" (transformers >= 5.2x) or "past_key_values"
     for keep in (0, 1):
-        want = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=DynamicCache(config=model.config),
-                     use_cache=True, logits_to_keep=keep, output_hidden_states=True)
-        got = head.run(model, keep, True, input_ids=ids, attention_mask=mask, position_ids=pos,
-                       past_key_values=DynamicCache(config=model.config), use_cache=True)
+        want = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=keep,
+                     output_hidden_states=True, **{kw: DynamicCache(config=model.config)})
+        got = head.run(model, keep, True, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                       **{kw: DynamicCache(config=model.config)})
         torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got.hidden_states[-1], want.hidden_states[-1])
 
