@@ -120,3 +120,29 @@ def test_same_seed_same_output_different_seed_differs(tiny_lm):
     run = lambda s: decodekit.generate(tiny_lm, ["a", "b"], "sample", max_new_tokens=10, seed=s).token_ids
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+def test_single_token_append_equals_the_general_append(tiny_lm):
+    """``DecodeState.append`` takes a shortcut for one-token steps; it must write exactly what the
+    general path writes (forced here with ``cached``), for rows that gain a token and rows that do
+    not, at the start, in the middle and at the last column."""
+    import copy
+
+    from decodekit.loop import prefill
+    from decodekit.state import StepOutput
+
+    state = prefill(tiny_lm, [[5, 6, 7], [8, 9]], 4, None, ())
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):  # 6 steps into 4 columns: the last ones clip every row
+        tokens = torch.randint(1, 200, (2, 1), generator=g)
+        count = torch.tensor([step % 2, 1]) * (state.n_new < state.limit)  # row 0 gains every other step
+        logprobs = -torch.rand(2, 1, generator=g)
+        fast, general = copy.copy(state), copy.copy(state)
+        for s in (fast, general):
+            s.ids, s.logprobs = s.ids.clone(), s.logprobs.clone()
+        fast.append(StepOutput(tokens, count, logprobs))
+        general.append(StepOutput(tokens, count, logprobs, cached=torch.zeros_like(count)))  # general path
+        assert torch.equal(fast.ids, general.ids) and torch.equal(fast.logprobs, general.logprobs)
+        assert torch.equal(fast.n_new, general.n_new) and torch.equal(fast.pending, general.pending)
+        state = fast
+    assert state.n_new.tolist() == [3, 4]

@@ -8,8 +8,9 @@ transformers' building blocks spend several kernels where one does:
   ``[N, heads, head_dim]`` for attention -- one kernel instead of five (mul, flip, addcmul, two
   ``index_copy_``);
 * ``attend``: attention of ``T`` new tokens over the static cache, reading the slab's 2-D column
-  mask directly (no 4-D bias, no GQA repetition), split over column blocks (flash-decoding: two
-  kernels); blocks past a token's own column read no memory; softmax in fp32;
+  mask directly (no 4-D bias, no GQA repetition), split over column blocks (flash-decoding: on
+  CUDA the last block of each token and head combines the partials, under Triton's interpreter a
+  second kernel does); blocks past a token's own column read no memory; softmax in fp32;
 * ``rms_norm``: one program per row; ``silu_mul``: ``silu(gate) * up`` from the fused gate/up
   product in one pass.
 
