@@ -6,7 +6,9 @@ new token (median of ``--runs`` timed runs after a warm-up run):
 
 * transformers eager greedy; transformers static cache + torch.compile greedy (first call = compile);
 * decodekit greedy, eager (``cuda_graphs=False``) and on the graph path (first call incl. capture),
-  with decodekit's fused Llama step (the default) and with transformers' forward in the graph;
+  with whole steps from graphs (the default) and with only the forward from a graph
+  (``step_graphs=False``), with decodekit's fused Llama step (the default), without its Triton
+  kernels, and with transformers' forward in the graph;
 * decodekit greedy with a torch.compile'd step captured in decodekit's graph (``--compile``);
 * decodekit beam 4 vs transformers beam 4; decodekit prompt lookup on a summarisation prompt (real
   model) against decodekit greedy on the same prompt, with tokens-identical and mean accepted;
@@ -16,6 +18,7 @@ Usage::
 
     python benchmarks/bench_gpu.py                       # all models, prints the table
     python benchmarks/bench_gpu.py --models smollm2 --out table.md --compile default
+    python benchmarks/bench_gpu.py --models smollm2-135m-shape   # SmolLM2's shape, random weights
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from decodekit.api import encode_prompts  # noqa: E402
 from decodekit.fast import FastPath  # noqa: E402
 
 SHAPES = {  # random-weight models of real architectures (default RoPE: timing does not depend on it)
+    "smollm2-135m-shape": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                               num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True),
     "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
     "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -188,6 +193,13 @@ class Bench:
                      "fused=False: the model's own layers captured")
             lm.fast = None
 
+        def no_step_graphs():
+            lm.fast = FastPath(lm, step_graphs=False)  # only the forward from a graph, the rest eager
+            t = median_time(lambda: self.dk(prompt, n=n, eos=False), runs)
+            self.add(self.name, "decodekit greedy (graph path, forward only from graphs)", 1e3 * t / n,
+                     "step_graphs=False")
+            lm.fast = None
+
         def no_kernels():
             lm.fast = FastPath(lm, kernels=False)  # the fused step without decodekit's Triton kernels
             t = median_time(lambda: self.dk(prompt, n=n, eos=False), runs)
@@ -206,6 +218,7 @@ class Bench:
 
         self.guarded("decodekit eager greedy", eager)
         self.guarded("decodekit greedy (graph path)", graph)
+        self.guarded("decodekit greedy (graph path, forward only from graphs)", no_step_graphs)
         self.guarded("decodekit greedy (graph path, fused, no Triton kernels)", no_kernels)
         self.guarded("decodekit greedy (graph path, transformers' forward)", unfused)
         for mode in self.args.compile:

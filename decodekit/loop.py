@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import torch
 
 from decodekit.compaction import Compaction
+from decodekit.fast.step_graph import StepGraph
 from decodekit.lag import StopCheck, lag_allowed
 from decodekit.monitors.base import ACTIONS, OK, ROLLBACK, STOP, Monitor, Verdict
 from decodekit.monitors.runner import MonitorRunner
-from decodekit.state import DecodeState, Flag, Generation, Stats
+from decodekit.state import DecodeState, Flag, Generation, Stats, StepOutput
 from decodekit.stopping import Stopping
 from decodekit.strategies.base import Strategy
 from decodekit.streaming import Stream
@@ -48,12 +49,13 @@ def run(
     max_steps = 8 * max_new_tokens + 64  # guards against monitors that roll back forever
     check = StopCheck(state, lag_allowed(state, strategy, stopping, monitors, stream))
     rows = Compaction(state, strategy, runner, stopping, check.lagged)
+    graphs = StepGraph.for_decode(state, strategy, check.lagged, lambda: _step(state, strategy, stopping))
     while not check.all_done(state):  # on CUDA possibly one step late (decodekit.lag)
         rows.leave(state, check.finished)  # finished rows leave the batch (decodekit.compaction)
-        out = stopping.clip(state, strategy.step(state))
-        state.append(out)
+        out = None
+        if graphs is None or not graphs.step(state):  # the whole step from CUDA graphs, where it can
+            out = _step(state, strategy, stopping)
         state.steps += 1
-        stopping.update(state)
         for monitor, verdict in runner.observe(state, out):  # each required signal computed once
             _act(state, monitor, verdict, flags)
         if stream is not None:
@@ -76,6 +78,14 @@ def run(
     )
     stats.extra = {k[5:]: v for k, v in stats.extra.items()}
     return Generation(strategy.name, candidates, stats, flags, runner.traces(state))
+
+
+def _step(state: DecodeState, strategy: Strategy, stopping: Stopping) -> StepOutput:
+    """One step: the strategy's tokens, cut at EOS / length, appended; rows that finished marked."""
+    out = stopping.clip(state, strategy.step(state))
+    state.append(out)
+    stopping.update(state)
+    return out
 
 
 def prefill(lm, prompts: list[list[int]], max_new_tokens: int, generator, user_processors) -> DecodeState:

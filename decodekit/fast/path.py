@@ -74,11 +74,13 @@ class FastPath:
             kernels) instead of transformers' forward; default: where the model supports it.
         kernels: let the fused forward use decodekit's Triton kernels (:mod:`decodekit.fast.kernels`:
             RMSNorm, rotary + cache write, attention, SiLU-and-mul); default: where Triton runs.
+        step_graphs: replay whole single-token loop steps (forward, token choice, bookkeeping) from
+            CUDA graphs where that is safe (:mod:`decodekit.fast.step_graph`); only with ``capture``.
     """
 
     def __init__(self, lm, *, capture: bool | None = None, compile: str | None = None,
                  max_graph_tokens: int = 32, headroom: int = 256, warmup: int = 2, fused: bool | None = None,
-                 kernels: bool | None = None):
+                 kernels: bool | None = None, step_graphs: bool = True):
         reason = unsupported_reason(lm)
         if reason is not None:
             raise ValueError(f"decodekit.fast: {reason}; use cuda_graphs=False")
@@ -94,6 +96,7 @@ class FastPath:
         self.pad_id = lm.pad_token_id
         self.max_graph_tokens, self.headroom, self.warmup = max_graph_tokens, headroom, warmup
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.step_graphs = bool(step_graphs) and self.capture
         reason = fused_reason(self.model)
         if fused and reason is not None:
             raise ValueError(f"decodekit.fast: fused=True, but {reason}")
@@ -113,10 +116,11 @@ class FastPath:
         self.slabs: dict[int, list[Slab]] = {}  # bucket -> slabs
         self.capture_s = 0.0  # total seconds spent warming up and capturing graphs
         self.captures = 0
+        self.graph_steps = 0  # loop steps replayed whole from graphs (decodekit.fast.step_graph)
 
     def __repr__(self) -> str:
         n = sum(len(v) for v in self.slabs.values())
-        return f"FastPath(capture={self.capture}, fused={self.fused}, kernels={self.kernels}, slabs={n}, captures={self.captures}, capture_s={self.capture_s:.2f})"
+        return f"FastPath(capture={self.capture}, fused={self.fused}, kernels={self.kernels}, step_graphs={self.step_graphs}, slabs={n}, captures={self.captures}, capture_s={self.capture_s:.2f})"
 
     def new_cache(self):
         """An empty :class:`~decodekit.fast.cache.FastCache` (it leases a slab on its first forward)."""

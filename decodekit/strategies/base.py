@@ -13,7 +13,10 @@ graph), ``uses_generator`` (draws random numbers; seeded through ``state.generat
 ``lagged_stops`` (the step needs no host sync and a step over finished rows changes nothing: on
 CUDA the loop then checks stops one step late, :mod:`decodekit.lag`), ``compactable`` (rows are
 independent: the loop may drop finished rows from the batch, :mod:`decodekit.compaction`; a strategy
-with per-row data of its own in ``state.extra`` then selects it in ``keep_rows``).
+with per-row data of its own in ``state.extra`` then selects it in ``keep_rows``), ``step_capturable``
+(one token per row, and ``step`` -- given the logits -- only reads and reassigns device tensors of
+the state, never their shapes: on the fast path the loop may replay the whole step from a CUDA graph,
+:mod:`decodekit.fast.step_graph`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Strategy:
     uses_generator: ClassVar[bool] = False
     lagged_stops: ClassVar[bool] = False
     compactable: ClassVar[bool] = False
+    step_capturable: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig | None = None, **options):
         if config is not None and options:

@@ -40,6 +40,10 @@ class Greedy(Strategy):
     lagged_stops = True  # no host sync in the step: the loop may check stops one step late
     compactable = True  # rows are independent: finished rows may leave the batch
 
+    @property
+    def step_capturable(self) -> bool:  # the whole step may replay from a CUDA graph (no processors)
+        return not self.processors
+
     def __init__(self, config: GreedyConfig | None = None, **options):
         super().__init__(config, **options)
         c = self.config

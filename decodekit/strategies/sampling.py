@@ -53,6 +53,10 @@ class Sample(Strategy):
     lagged_stops = True  # no host sync in the step: the loop may check stops one step late
     compactable = True  # rows are independent; their draws do not depend on the others (draw_rows)
 
+    @property
+    def step_capturable(self) -> bool:  # the whole step may replay from a CUDA graph (no processors)
+        return not self.processors
+
     def __init__(self, config: SampleConfig | None = None, **options):
         super().__init__(config, **options)
         self.processors = build_processors(**self.config.processor_options())

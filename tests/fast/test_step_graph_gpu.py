@@ -1,0 +1,94 @@
+"""Whole loop steps replayed from CUDA graphs (decodekit.fast.step_graph) == the ordinary loop step.
+
+On a GPU only (skipped without CUDA). The ordinary step over the same static cache and forward
+graphs (``step_graphs=False``) is the reference: tokens and log-probs must be bitwise equal, with
+rows that stop at different steps (EOS), a cache that outgrows its slab, a second decode on the same
+slab, and seeded sampling. A replay that read a stale copy of any state field (the copy-back) or the
+wrong cache column would change the tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import decodekit
+from decodekit.fast import FastPath
+from tests.toy import ByteTokenizer, tiny_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+PROMPTS = ["Hello there", "Name a colour.", "The quick brown fox jumps", "1 2 3 4"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return decodekit.load(tiny_model(seed=0).to("cuda"), ByteTokenizer())
+
+
+def _both(lm, prompts, strategy="greedy", headroom=256, **kw):
+    """(with step graphs, without) for the same decode; asserts the step graphs really ran."""
+    out = {}
+    for on in (False, True):
+        lm.fast = FastPath(lm, step_graphs=on, headroom=headroom)
+        out[on] = decodekit.generate(lm, prompts, strategy, **kw)
+        assert (lm.fast.graph_steps > 0) == on
+    return out[True], out[False]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_greedy_equals_ordinary_step(lm, batch):
+    graph, plain = _both(lm, PROMPTS[:batch], max_new_tokens=40)
+    assert graph.token_ids == plain.token_ids and graph.logprobs == plain.logprobs
+    assert graph.stats.forward_passes == plain.stats.forward_passes and graph.stats.steps == plain.stats.steps
+
+
+def test_rows_finishing_at_different_steps(lm):
+    """EOS set to a token row 0 produces early: rows stop at different steps (and row 0 early)."""
+    lm.fast = FastPath(lm, step_graphs=False)
+    free = decodekit.generate(lm, PROMPTS, max_new_tokens=40, eos_token_id=[])
+    eos = free.token_ids[0][6]
+    graph, plain = _both(lm, PROMPTS, max_new_tokens=40, eos_token_id=eos)
+    lengths = [len(t) for t in plain.token_ids]
+    assert lengths[0] <= 7 and len(set(lengths)) > 1
+    assert graph.token_ids == plain.token_ids and graph.logprobs == plain.logprobs
+    assert graph.finish_reasons == plain.finish_reasons
+
+
+def test_cache_outgrowing_its_slab(lm):
+    """A small headroom: the cache moves to a larger slab mid-decode; the step graphs follow it."""
+    graph, plain = _both(lm, PROMPTS[:2], headroom=8, max_new_tokens=150, eos_token_id=[])
+    assert graph.token_ids == plain.token_ids and graph.logprobs == plain.logprobs
+    assert all(len(t) == 150 for t in graph.token_ids)
+
+
+def test_second_decode_on_the_same_slab(lm):
+    lm.fast = FastPath(lm)
+    first = decodekit.generate(lm, PROMPTS[:2], max_new_tokens=24)
+    again = decodekit.generate(lm, PROMPTS[:2], max_new_tokens=24)
+    other = decodekit.generate(lm, PROMPTS[2:], max_new_tokens=24)
+    lm.fast = FastPath(lm, step_graphs=False)
+    assert again.token_ids == first.token_ids
+    assert other.token_ids == decodekit.generate(lm, PROMPTS[2:], max_new_tokens=24).token_ids
+
+
+@pytest.mark.parametrize("generator", ["seed", "none"])
+def test_seeded_sampling_equals_ordinary_step(lm, generator):
+    kw = {"seed": 11} if generator == "seed" else {}
+    if generator == "none":
+        torch.manual_seed(3)
+    graph = None
+    lm.fast = FastPath(lm, step_graphs=True)
+    graph = decodekit.generate(lm, PROMPTS, "sample", max_new_tokens=40, **kw)
+    assert lm.fast.graph_steps > 0
+    if generator == "none":
+        torch.manual_seed(3)
+    lm.fast = FastPath(lm, step_graphs=False)
+    plain = decodekit.generate(lm, PROMPTS, "sample", max_new_tokens=40, **kw)
+    assert graph.token_ids == plain.token_ids and graph.logprobs == plain.logprobs
+
+
+def test_processors_keep_the_ordinary_step(lm):
+    lm.fast = FastPath(lm)
+    decodekit.generate(lm, PROMPTS[:1], max_new_tokens=8, repetition_penalty=1.3)
+    assert lm.fast.graph_steps == 0
