@@ -82,6 +82,7 @@ class StepGraph:
             return None
         return StepGraph(body, state.logprobs.shape[1])
 
+    @torch.inference_mode()  # the slab's buffers are inference tensors
     def step(self, state: DecodeState) -> bool:
         """Run one loop step from graphs; False when this step must run the ordinary way."""
         cache = state.cache
