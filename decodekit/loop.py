@@ -49,7 +49,7 @@ def run(
     max_steps = 8 * max_new_tokens + 64  # guards against monitors that roll back forever
     check = StopCheck(state, lag_allowed(state, strategy, stopping, monitors, stream))
     rows = Compaction(state, strategy, runner, stopping, check.lagged)
-    graphs = StepGraph.for_decode(state, strategy, check.lagged, lambda: _step(state, strategy, stopping))
+    graphs = StepGraph.for_decode(state, strategy, stopping, check.lagged, lambda: _step(state, strategy, stopping))
     while not check.all_done(state):  # on CUDA possibly one step late (decodekit.lag)
         rows.leave(state, check.finished)  # finished rows leave the batch (decodekit.compaction)
         out = None

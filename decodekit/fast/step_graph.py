@@ -12,8 +12,10 @@ runs on the device without a host read, so it can be captured too: this module r
    which ends by writing the next forward's inputs: the new pending tokens, the next cache column
    and its mask bit, all on the device.
 
-A step then costs two graph launches on the host. The tail is the very same code the loop runs
-otherwise, so results are bitwise those of the uncaptured loop (the GPU tests compare them).
+A step then costs two graph launches on the host. The tail is the code the loop runs otherwise,
+except that with Triton the clip / append / update after the strategy's step is one kernel
+(:mod:`decodekit.fast.token_step`, ~30 fewer kernels per step; ``TOKEN_STEP = False`` runs the
+loop's own functions); results are bitwise those of the uncaptured loop (the GPU tests compare them).
 
 How the tail stays valid across replays: state fields the step *reassigns* (``n_new``, ``done``,
 ``pending``, ``finish_codes``, ...) get fresh tensors during capture; the tail copies each back
@@ -39,9 +41,13 @@ from collections.abc import Callable
 import torch
 
 from decodekit.fast.cache import FastCache
+from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.token_step import finish_step
 from decodekit.state import DecodeState
 
-__all__ = ["StepGraph"]
+__all__ = ["StepGraph", "TOKEN_STEP"]
+
+TOKEN_STEP = True  # False: the tail runs the loop's own step function (~30 more small kernels)
 
 
 class _NotCapturable(Exception):
@@ -54,11 +60,14 @@ class StepGraph:
     Args:
         body: the loop's step function over the state (choose, clip, append, update).
         max_new_tokens: the decode's most new tokens per row (bounds the cache columns it needs).
+        strategy, stopping: with both, the tail runs the strategy's step and then clip / append /
+            update as one kernel (:mod:`decodekit.fast.token_step`) instead of ``body``.
     """
 
-    def __init__(self, body: Callable[[], None], max_new_tokens: int):
+    def __init__(self, body: Callable[[], None], max_new_tokens: int, strategy=None, stopping=None):
         self.body = body
         self.max_new_tokens = max_new_tokens
+        self.strategy, self.stopping = strategy, stopping
         self.slab = None  # the slab the inputs were primed on
         self.warm = False  # the tail ran once eagerly on these inputs (capture comes next)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -67,7 +76,8 @@ class StepGraph:
         self.off = False  # the step could not be captured: the decode uses the ordinary step
 
     @staticmethod
-    def for_decode(state: DecodeState, strategy, lagged: bool, body: Callable[[], None]) -> "StepGraph | None":
+    def for_decode(state: DecodeState, strategy, stopping, lagged: bool,
+                   body: Callable[[], None]) -> "StepGraph | None":
         """A StepGraph for this decode, or None where it does not apply (module docstring)."""
         cache = state.cache
         if not (lagged and isinstance(cache, FastCache) and cache.path.capture):
@@ -80,7 +90,9 @@ class StepGraph:
             return None  # this torch cannot advance a generator from a graph
         if state.user_processors:
             return None
-        return StepGraph(body, state.logprobs.shape[1])
+        fused = (TOKEN_STEP and kernel_reason(state.done.device) is None
+                 and not (stopping.stop_strings or stopping.criteria))
+        return StepGraph(body, state.logprobs.shape[1], *((strategy, stopping) if fused else ()))
 
     @torch.inference_mode()  # the slab's buffers are inference tensors
     def step(self, state: DecodeState) -> bool:
@@ -132,11 +144,16 @@ class StepGraph:
         :class:`_NotCapturable` instead (capture), else the fields keep the step's new tensors."""
         n, inputs = state.rows, self.slab._static(1)
         state.next_logits = logits[:n, -1]  # [rows, vocab]
-        state.pending = None  # fed by the forward just replayed
-        self.body()
-        inputs.ids[:n, 0].copy_(state.pending)
-        inputs.write.add_(1)
-        self.slab.mask.index_fill_(1, inputs.write, 1)
+        pending, state.pending = state.pending, None  # fed by the forward just replayed
+        if self.strategy is not None:  # the strategy's step, then the rest in one kernel
+            out = self.strategy.step(state)
+            state.pending = pending  # finish_step updates it in place
+            finish_step(state, out, self._eos(state), inputs.ids, inputs.write, self.slab.mask)
+        else:
+            self.body()
+            inputs.ids[:n, 0].copy_(state.pending)
+            inputs.write.add_(1)
+            self.slab.mask.index_fill_(1, inputs.write, 1)
         extra = {k: v for k, v in state.extra.items() if isinstance(v, torch.Tensor)}
         moved = [(state, k, old, getattr(state, k)) for k, old in self.fields.items()]
         moved += [(state.extra, k, old, extra.get(k)) for k, old in self.extra.items()]
@@ -153,6 +170,11 @@ class StepGraph:
                 else:
                     owner[k] = old
         return True
+
+    def _eos(self, state: DecodeState) -> torch.Tensor:  # [n_eos] long
+        if self.stopping.eos_token_ids:
+            return self.stopping._eos_on(state.done.device)
+        return torch.zeros(0, dtype=torch.long, device=state.done.device)
 
     def _capture(self, state: DecodeState, logits: torch.Tensor) -> torch.cuda.CUDAGraph | None:
         """Capture the tail and replay it (this step); None, with the step run eagerly, if it cannot."""
