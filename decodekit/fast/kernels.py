@@ -12,7 +12,13 @@ transformers' building blocks spend several kernels where one does:
   CUDA the last block of each token and head combines the partials, under Triton's interpreter a
   second kernel does); blocks past a token's own column read no memory; softmax in fp32;
 * ``rms_norm``: one program per row; ``silu_mul``: ``silu(gate) * up`` from the fused gate/up
-  product in one pass.
+  product in one pass;
+* GEMV-style projections for a few rows (decode and verify widths of small models, see
+  :func:`gemv_fits`): ``norm_linear`` is RMSNorm and the following projection in one kernel (the
+  q/k/v and the gate/up projections), ``act_linear_add_`` is SiLU-and-mul, the down projection and
+  the residual addition in one (``linear_add_``: the same without the activation, for the output
+  projection where :data:`GEMV_O_PROJ` says so; cuBLAS ``addmm_`` is one kernel too). With
+  ``rope_write`` and ``attend`` a decode step of a small model is 6 kernels per layer, not 9.
 
 Each computes in fp32 and rounds once to the output dtype, so results agree with transformers'
 bf16 building blocks to bf16 rounding and exactly (to fp32 rounding) in fp32. They run on CUDA, or
@@ -39,10 +45,15 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-__all__ = ["kernel_reason", "rms_norm", "rope_write", "attend", "attend_fits", "silu_mul"]
+__all__ = ["kernel_reason", "rms_norm", "rope_write", "attend", "attend_fits", "silu_mul",
+           "norm_linear", "act_linear_add_", "linear_add_", "gemv_fits"]
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
+# the GEMV kernels (norm_linear, act_linear_add_, linear_add_): tune on a GPU (benchmarks/bench_gemv.py)
+GEMV_MAX_ROWS = 16  # tokens per call (rows x step width): tl.dot pads the rows to 16
+GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest weight they take; larger ones keep cuBLAS
+GEMV_O_PROJ = False  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved)
 
 
 def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
@@ -187,6 +198,72 @@ if triton is not None:
         u = tl.load(gu + n * s_gu + FF + i, mask=m, other=0.0).to(tl.float32)
         tl.store(out + n * s_out + i, (g / (1.0 + tl.exp(-g)) * u).to(out.dtype.element_ty), mask=m)
 
+    @triton.jit
+    def _gemv_step(a, w, o, om, k, km, s_w, acc, F32: tl.constexpr):
+        """``acc [BN, BO] += a [BN, BK] @ w[o, k].T``: one block of the reduction (``a`` in w's dtype)."""
+        wt = tl.load(w + o[None, :] * s_w + k[:, None], mask=km[:, None] & om[None, :], other=0.0)  # [BK, BO]
+        if F32:  # fp32 weights: exact products, as cuBLAS without TF32; the interpreter: bf16 products
+            # are exact in fp32 (its own bf16 dot multiplies the raw bits)
+            acc = tl.dot(a.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, wt, acc)
+        return acc
+
+    # N: one compile for decode (N = rows) and verify (rows x T) widths; the reduction length is a
+    # constexpr (the interpreter cannot loop to a runtime bound; one compile per weight width anyway)
+    @triton.jit(do_not_specialize=["N"])
+    def _norm_linear_kernel(x, g, w, bias, out, N, OUT, eps, s_x, s_w, s_out, D: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, F32: tl.constexpr, BN: tl.constexpr, BO: tl.constexpr,
+                            BK: tl.constexpr):
+        o = tl.program_id(0) * BO + tl.arange(0, BO)  # [BO]: this program's output features
+        om = o < OUT
+        n = tl.arange(0, BN)  # [BN]: rows, the first N real
+        nm = n < N
+        ss = tl.zeros([BN], tl.float32)
+        for k0 in range(0, D, BK):  # each row's sum of squares over all of d (x is a few rows)
+            k = k0 + tl.arange(0, BK)
+            v = tl.load(x + n[:, None] * s_x + k[None, :], mask=nm[:, None] & (k < D)[None, :], other=0.0)
+            v = v.to(tl.float32)
+            ss += tl.sum(v * v, 1)
+        r = tl.rsqrt(ss / D + eps)  # [BN]
+        acc = tl.zeros([BN, BO], tl.float32)
+        for k0 in range(0, D, BK):
+            k = k0 + tl.arange(0, BK)
+            km = k < D
+            v = tl.load(x + n[:, None] * s_x + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+            gk = tl.load(g + k, mask=km, other=0.0).to(tl.float32)
+            a = (v.to(tl.float32) * r[:, None] * gk[None, :]).to(w.dtype.element_ty)  # rms_norm's rounding
+            acc = _gemv_step(a, w, o, om, k, km, s_w, acc, F32)
+        if HAS_BIAS:
+            acc += tl.load(bias + o, mask=om, other=0.0).to(tl.float32)[None, :]
+        tl.store(out + n[:, None] * s_out + o[None, :], acc.to(out.dtype.element_ty), mask=nm[:, None] & om[None, :])
+
+    @triton.jit(do_not_specialize=["N"])
+    def _linear_add_kernel(x, a, w, bias, N, OUT, s_x, s_a, s_w, K: tl.constexpr, ACT: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, F32: tl.constexpr, BN: tl.constexpr, BO: tl.constexpr,
+                           BK: tl.constexpr):
+        o = tl.program_id(0) * BO + tl.arange(0, BO)  # [BO]: this program's output features
+        om = o < OUT
+        n = tl.arange(0, BN)  # [BN]: rows, the first N real
+        nm = n < N
+        acc = tl.zeros([BN, BO], tl.float32)
+        for k0 in range(0, K, BK):
+            k = k0 + tl.arange(0, BK)
+            km = k < K
+            src = a + n[:, None] * s_a + k[None, :]
+            if ACT:  # a = [gate | up], K = ff: silu_mul's activation and rounding
+                gt = tl.load(src, mask=nm[:, None] & km[None, :], other=0.0).to(tl.float32)
+                up = tl.load(src + K, mask=nm[:, None] & km[None, :], other=0.0).to(tl.float32)
+                v = (gt / (1.0 + tl.exp(-gt)) * up).to(w.dtype.element_ty)
+            else:
+                v = tl.load(src, mask=nm[:, None] & km[None, :], other=0.0)
+            acc = _gemv_step(v, w, o, om, k, km, s_w, acc, F32)
+        if HAS_BIAS:
+            acc += tl.load(bias + o, mask=om, other=0.0).to(tl.float32)[None, :]
+        xm = nm[:, None] & om[None, :]
+        dst = x + n[:, None] * s_x + o[None, :]  # each program owns its columns of x: no race
+        tl.store(dst, (tl.load(dst, mask=xm, other=0.0).to(tl.float32) + acc).to(x.dtype.element_ty), mask=xm)
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of the rows of ``x [N, d]`` (last dim contiguous) with ``weight [d]``: ``[N, d]``."""
@@ -299,3 +376,114 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     _silu_mul_kernel[(N, triton.cdiv(ff, block))](gate_up, out, ff, gate_up.stride(0), out.stride(0),
                                                   BLOCK=block, num_warps=4)
     return out
+
+
+def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
+    """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
+    suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode, verify)
+    and a small weight. Prefill and large models keep cuBLAS.
+
+    Example:
+        >>> gemv_fits(1, 960, 576), gemv_fits(30, 960, 576), gemv_fits(1, 28672, 4096)
+        (True, False, False)
+    """
+    return tokens <= GEMV_MAX_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
+
+
+def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,
+                 block_k: int | None) -> dict:
+    """Checks and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over)."""
+    N = x.shape[0]
+    out_features, in_features = weight.shape
+    if N > GEMV_MAX_ROWS:
+        raise ValueError(f"decodekit.fast: {N} rows for a GEMV kernel (at most {GEMV_MAX_ROWS})")
+    if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:
+        raise ValueError("decodekit.fast: GEMV kernels need one dtype and contiguous last dims")
+    if block_o is None:  # 16 outputs a program: many programs for a small weight; fewer past 1024
+        block_o = 16
+        while block_o < 64 and triton.cdiv(out_features, block_o) > 1024:
+            block_o *= 2
+    block_k = block_k or min(128, max(16, _pow2(in_features)))
+    f32 = weight.dtype == torch.float32 or weight.device.type != "cuda"
+    return dict(F32=f32, BN=GEMV_MAX_ROWS, BO=block_o, BK=block_k, num_warps=4)
+
+
+def norm_linear(
+    x: torch.Tensor,  # [N, d], N <= GEMV_MAX_ROWS
+    norm_weight: torch.Tensor,  # [d]
+    eps: float,
+    weight: torch.Tensor,  # [out, d], x's dtype
+    bias: torch.Tensor | None = None,  # [out]
+    *,
+    block_o: int | None = None,
+    block_k: int | None = None,
+) -> torch.Tensor:  # [N, out]
+    """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` in one kernel.
+
+    Rounds as :func:`rms_norm` then ``F.linear`` do: the normalised rows in fp32 times
+    ``norm_weight``, once to x's dtype; the products accumulate in fp32 and round once. One program
+    per ``block_o`` output features takes every row (padded to 16 for ``tl.dot``): it first sums
+    each row's squares over all of ``d``, then walks ``d`` in blocks of ``block_k``. For a few rows
+    and a small weight (:func:`gemv_fits`); ``block_o`` and ``block_k`` are for benchmarks.
+
+    Example:
+        >>> x = torch.randn(3, 576, device="cuda", dtype=torch.bfloat16)           # doctest: +SKIP
+        >>> w = torch.randn(960, 576, device="cuda", dtype=torch.bfloat16)         # doctest: +SKIP
+        >>> norm_linear(x, torch.ones(576, device="cuda"), 1e-5, w).shape          # doctest: +SKIP
+        torch.Size([3, 960])
+    """
+    N, D = x.shape
+    out = torch.empty(N, weight.shape[0], dtype=x.dtype, device=x.device)
+    meta = _gemv_launch(x, weight, x, block_o, block_k)
+    _norm_linear_kernel[(triton.cdiv(weight.shape[0], meta["BO"]),)](
+        x, norm_weight, weight, weight if bias is None else bias, out, N, weight.shape[0], eps,
+        x.stride(0), weight.stride(0), out.stride(0), D=D, HAS_BIAS=bias is not None, **meta)
+    return out
+
+
+def _linear_add(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: bool,
+                block_o: int | None, block_k: int | None) -> torch.Tensor:
+    meta = _gemv_launch(x, weight, a, block_o, block_k)
+    _linear_add_kernel[(triton.cdiv(weight.shape[0], meta["BO"]),)](
+        x, a, weight, weight if bias is None else bias, x.shape[0], weight.shape[0],
+        x.stride(0), a.stride(0), weight.stride(0), K=weight.shape[1], ACT=act, HAS_BIAS=bias is not None, **meta)
+    return x
+
+
+def act_linear_add_(
+    x: torch.Tensor,  # [N, d], updated in place; N <= GEMV_MAX_ROWS
+    gate_up: torch.Tensor,  # [N, 2 * ff]: gate, then up
+    weight: torch.Tensor,  # [d, ff]
+    *,
+    block_o: int | None = None,
+    block_k: int | None = None,
+) -> torch.Tensor:  # x
+    """``x += (silu(gate) * up) @ weight.T`` in place, in one kernel: the MLP's end and its residual.
+
+    The activation rounds to x's dtype as :func:`silu_mul` does; the products accumulate in fp32,
+    are added to x in fp32 and round once (as ``x.addmm_``). Blocks as :func:`norm_linear`.
+
+    Example:
+        >>> x = torch.randn(1, 576, device="cuda", dtype=torch.bfloat16)            # doctest: +SKIP
+        >>> gate_up = torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16)     # doctest: +SKIP
+        >>> down = torch.randn(576, 1536, device="cuda", dtype=torch.bfloat16)      # doctest: +SKIP
+        >>> act_linear_add_(x, gate_up, down) is x                                  # doctest: +SKIP
+        True
+    """
+    if gate_up.shape[1] != 2 * weight.shape[1]:
+        raise ValueError(f"decodekit.fast: gate_up {tuple(gate_up.shape)} for a weight {tuple(weight.shape)}")
+    return _linear_add(x, gate_up, weight, None, True, block_o, block_k)
+
+
+def linear_add_(
+    x: torch.Tensor,  # [N, d], updated in place; N <= GEMV_MAX_ROWS
+    a: torch.Tensor,  # [N, k]
+    weight: torch.Tensor,  # [d, k]
+    bias: torch.Tensor | None = None,  # [d]
+    *,
+    block_o: int | None = None,
+    block_k: int | None = None,
+) -> torch.Tensor:  # x
+    """``x += a @ weight.T (+ bias)`` in place, in one kernel (the output projection and its residual;
+    the fused step uses it when :data:`GEMV_O_PROJ`). Rounds once, as ``x.addmm_``."""
+    return _linear_add(x, a, weight, bias, False, block_o, block_k)

@@ -4,6 +4,10 @@ On CUDA they run compiled; without CUDA under Triton's interpreter (tests/confte
 so the same tests check the same code everywhere Triton is installed. Odd sizes (a hidden size and
 a head size that are not powers of two), left padding, holes in the column masks, several new
 tokens per row and grouped-query heads are covered; fp32 must agree to rounding, bf16 to bf16.
+The GEMV kernels (RMSNorm + projection, SiLU-and-mul + projection + residual, projection +
+residual) run at 1 to 16 rows, with and without bias, on strided rows; the references keep the
+kernels' roundings. (The interpreter rounds fp32 to bf16 by truncation, CUDA to nearest: bf16
+results differ between the two by about an ulp, within the bf16 tolerance.)
 """
 
 from __future__ import annotations
@@ -112,3 +116,73 @@ def test_attend_ignores_masked_columns_holding_garbage(last_combines):
     c["keys"][:, :, 31:] = float("nan")  # beyond the token's own column
     after = K.attend(q, c["keys"], c["values"], mask, write, 0.25, last_combines=last_combines)
     assert torch.equal(before, after)
+
+
+# the GEMV kernels: a few rows (N <= 16) times a small weight; odd sizes (d = 72, out = 200); an eps
+# large enough that dropping it shows; rows of x and gate_up strided, as views into wider buffers
+EPS = 0.1
+
+
+def _norm_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # [N, d] float32, rounded like rms_norm
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS) * w.float()).to(x.dtype).float()
+
+
+def _rows(N: int, width: int, dtype, g) -> torch.Tensor:  # [N, width], rows 9 elements apart beyond width
+    return torch.randn(N, width + 9, generator=g, device=DEVICE).to(dtype)[:, :width]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("N,d,out,block_k", [(1, 72, 200, None), (3, 72, 200, None), (5, 72, 200, 32),
+                                             (16, 40, 24, 16)])
+def test_norm_linear(dtype, bias, N, d, out, block_k):
+    g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + d)
+    x = _rows(N, d, dtype, g)  # [N, d]
+    norm_w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(dtype)
+    w = torch.randn(out, d, generator=g, device=DEVICE).to(dtype)
+    b = torch.randn(out, generator=g, device=DEVICE).to(dtype) if bias else None
+    got = K.norm_linear(x, norm_w, EPS, w, b, block_k=block_k)  # [N, out]
+    want = F.linear(_norm_ref(x, norm_w), w.float(), None if b is None else b.float())
+    assert got.shape == (N, out) and got.dtype == dtype
+    assert _rel(got, want) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N,d,ff,block_k", [(1, 72, 100, None), (3, 72, 100, None), (5, 72, 300, 64), (16, 24, 40, 16)])
+def test_act_linear_add_(dtype, N, d, ff, block_k):
+    g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + ff)
+    x = torch.randn(N + 2, d, generator=g, device=DEVICE).to(dtype)  # rows past N must stay as they are
+    x0 = x.clone()
+    gate_up = _rows(N, 2 * ff, dtype, g)  # [N, 2 * ff]
+    w = torch.randn(d, ff, generator=g, device=DEVICE).to(dtype)
+    assert K.act_linear_add_(x[:N], gate_up, w, block_k=block_k).data_ptr() == x.data_ptr()
+    act = (F.silu(gate_up[:, :ff].float()) * gate_up[:, ff:].float()).to(dtype).float()  # silu_mul's rounding
+    want = x0[:N].float() + act @ w.float().T
+    assert _rel(x[:N], want) < TOL[dtype]
+    assert torch.equal(x[N:], x0[N:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_linear_add_(dtype, bias):
+    g = torch.Generator(device=DEVICE).manual_seed(5)
+    N, d, k = 5, 72, 200
+    x = torch.randn(N, d, generator=g, device=DEVICE).to(dtype)
+    x0 = x.clone()
+    a = _rows(N, k, dtype, g)  # [N, k]
+    w = torch.randn(d, k, generator=g, device=DEVICE).to(dtype)
+    b = torch.randn(d, generator=g, device=DEVICE).to(dtype) if bias else None
+    assert K.linear_add_(x, a, w, b) is x
+    want = x0.float() + F.linear(a.float(), w.float(), None if b is None else b.float())
+    assert _rel(x, want) < TOL[dtype]
+
+
+def test_gemv_limits():
+    assert K.gemv_fits(K.GEMV_MAX_ROWS, 3072, 576) and not K.gemv_fits(K.GEMV_MAX_ROWS + 1, 3072, 576)
+    assert not K.gemv_fits(1, 14336 * 2, 4096)  # the 8B model's gate/up keeps cuBLAS
+    x = torch.zeros(K.GEMV_MAX_ROWS + 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="rows"):
+        K.norm_linear(x, torch.ones(16, device=DEVICE), EPS, torch.zeros(16, 16, device=DEVICE))
+    with pytest.raises(ValueError, match="dtype"):
+        K.linear_add_(x[:2], x[:2].bfloat16(), torch.zeros(16, 16, device=DEVICE))
