@@ -15,7 +15,12 @@ about 14 kernels per layer, reading the model's own weights:
   folded into the query length, so SDPA sees ``kv_heads`` heads of ``g * T`` queries;
 * the residual additions fused into the output projections (``addmm_`` into the residual stream);
 * with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write, attention over
-  the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all.
+  the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all;
+* and for a few tokens times a small weight (decode and verify steps of small models,
+  :func:`~decodekit.fast.kernels.gemv_fits`): each RMSNorm inside the projection after it
+  (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul with the residual inside the down projection
+  (``act_linear_add_``) -- 6 kernels per layer: norm + q/k/v, rotary + cache write, attention,
+  output projection + residual, norm + gate/up, activation + down + residual.
 
 Numerically it is the model's function with different rounding: fp32 results agree with
 transformers' to ~1e-5, bf16 results to bf16 rounding (tests/fast/test_fused.py). It only runs on
@@ -149,8 +154,31 @@ class FusedLlama:
         with torch.no_grad():
             self.layers = [_Layer(layer) for layer in model.model.layers]
 
-    def _norm(self, x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:  # [N, d]
-        return K.rms_norm(x, *norm) if self.kernels else F.rms_norm(x, (x.shape[-1],), *norm)
+    def _norm_linear(self, x: torch.Tensor, norm: tuple[torch.Tensor, float], w: torch.Tensor,
+                     b: torch.Tensor | None) -> torch.Tensor:  # [N, out]
+        """``F.linear(rms_norm(x), w, b)`` for ``x [N, d]``, ``w [out, d]``: one kernel where it fits."""
+        if not self.kernels:
+            return F.linear(F.rms_norm(x, (x.shape[-1],), *norm), w, b)
+        if K.gemv_fits(x.shape[0], *w.shape):
+            return K.norm_linear(x, *norm, w, b)
+        return F.linear(K.rms_norm(x, *norm), w, b)
+
+    def _out_proj_(self, x: torch.Tensor, o: torch.Tensor, layer: _Layer) -> None:
+        """``x += o @ layer.o.T (+ bias)`` in place for ``x [N, d]``, ``o [N, h * hd]``."""
+        if self.kernels and K.GEMV_O_PROJ and K.gemv_fits(x.shape[0], *layer.o.shape):
+            K.linear_add_(x, o, layer.o, layer.o_bias)
+        else:
+            _add_linear_(x, o, layer.o, layer.o_bias)
+
+    def _mlp_out_(self, x: torch.Tensor, gate_up: torch.Tensor, layer: _Layer) -> None:
+        """``x += (act(gate) * up) @ layer.down.T`` in place for ``x [N, d]``, ``gate_up [N, 2 * ff]``."""
+        if not self.kernels:
+            gate, up = gate_up.chunk(2, -1)  # [N, ff] each
+            _add_linear_(x, layer.act(gate).mul_(up), layer.down, None)
+        elif K.gemv_fits(x.shape[0], *layer.down.shape):
+            K.act_linear_add_(x, gate_up, layer.down)
+        else:
+            _add_linear_(x, K.silu_mul(gate_up), layer.down, None)
 
     @torch.no_grad()
     def __call__(self, mask, cols, ids, write, view, last_only: bool, hidden: bool):
@@ -172,8 +200,7 @@ class FusedLlama:
         x = x.view(N, d)  # [N, d] residual stream, updated in place
         for i, layer in enumerate(self.layers):
             keys, values = view.layers[i].keys, view.layers[i].values  # [rows, kv, C, hd] each
-            a = self._norm(x, layer.norm1)  # [N, d]
-            qkv = F.linear(a, layer.qkv, layer.qkv_bias)  # [N, (h + 2kv) * hd]
+            qkv = self._norm_linear(x, layer.norm1, layer.qkv, layer.qkv_bias)  # [N, (h + 2kv) * hd]
             if self.kernels:
                 q = K.rope_write(qkv, cos, sin, write, keys, values, h, kvh, hd)  # [N, h, hd]
                 if attend:
@@ -188,15 +215,9 @@ class FusedLlama:
                 keys.index_copy_(2, write, qk[:, :, h:].transpose(1, 2))
                 values.index_copy_(2, write, qkv[:, :, h + kvh:].transpose(1, 2))
                 o = self._sdpa(qk[:, :, :h], keys, values, bias)
-            _add_linear_(x, o, layer.o, layer.o_bias)  # [N, d]
-            a = self._norm(x, layer.norm2)  # [N, d]
-            gate_up = F.linear(a, layer.gate_up)  # [N, 2 * ff]
-            if self.kernels:
-                act = K.silu_mul(gate_up)  # [N, ff]
-            else:
-                gate, up = gate_up.chunk(2, -1)  # [N, ff] each
-                act = layer.act(gate).mul_(up)
-            _add_linear_(x, act, layer.down, None)  # [N, d]
+            self._out_proj_(x, o, layer)  # [N, d]
+            gate_up = self._norm_linear(x, layer.norm2, layer.gate_up, None)  # [N, 2 * ff]
+            self._mlp_out_(x, gate_up, layer)  # [N, d]
         x = x.view(rows, T, d)
         if last_only:
             x = x[:, -1:]

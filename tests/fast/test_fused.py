@@ -3,7 +3,9 @@
 Same logits as transformers' own forward over the same static cache (prefill, decode, verify
 widths, rows with holes in their masks), for Llama with GQA / MHA, Qwen2 (q/k/v biases) and the
 llama3 rope scaling; the modules keep working (their weights became views of the fused ones);
-greedy and sampling through the fused path equal the eager path token for token.
+greedy and sampling through the fused path equal the eager path token for token. With Triton, the
+decode and verify steps run the GEMV kernels (norm + projection, activation + down + residual, and
+once the output projection too), prefill keeps cuBLAS.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 import decodekit
 from decodekit.fast import FastPath
+from decodekit.fast import kernels as K
 from decodekit.fast.attention import SlabView
 from decodekit.fast.fused import FusedLlama, fused_reason
 from decodekit.fast.kernels import kernel_reason
@@ -59,13 +62,26 @@ def _kernels_or_skip(kernels: bool) -> None:
         pytest.skip(f"decodekit's Triton kernels: {reason}")
 
 
-# the Triton variants run under Triton's interpreter on the CPU (slow): a subset of the cases
-LOGIT_CASES = [(name, False) for name in MODELS] + [("llama-gqa", True), ("qwen2-bias", True)]
+def _count_calls(monkeypatch, names: tuple[str, ...]) -> dict[str, list[int]]:
+    """Record the row count of each call of the kernels ``names`` that the fused step makes."""
+    calls = {n: [] for n in names}
+    for n in names:
+        fn = getattr(K, n)
+        monkeypatch.setattr(K, n, lambda x, *a, _fn=fn, _n=n, **kw: calls[_n].append(x.shape[0]) or _fn(x, *a, **kw))
+    return calls
 
 
-@pytest.mark.parametrize("name,kernels", LOGIT_CASES, ids=[f"{n}-{'triton' if k else 'torch'}" for n, k in LOGIT_CASES])
-def test_fused_logits_equal_transformers(name, kernels):
+# the Triton variants run under Triton's interpreter on the CPU (slow): a subset of the cases;
+# "triton-o" also runs the output projection as linear_add_ (K.GEMV_O_PROJ)
+LOGIT_CASES = [(name, "torch") for name in MODELS] + [("llama-gqa", "triton"), ("qwen2-bias", "triton-o")]
+
+
+@pytest.mark.parametrize("name,mode", LOGIT_CASES, ids=[f"{n}-{m}" for n, m in LOGIT_CASES])
+def test_fused_logits_equal_transformers(name, mode, monkeypatch):
+    kernels = mode != "torch"
     _kernels_or_skip(kernels)
+    monkeypatch.setattr(K, "GEMV_O_PROJ", mode == "triton-o")
+    calls = _count_calls(monkeypatch, ("norm_linear", "act_linear_add_", "linear_add_", "rms_norm"))
     model = MODELS[name]()
     reference = functools.partial(_step, model, torch.float32, decodekit.load(model, ByteTokenizer())._cache_kw)
     fused = FusedLlama(model, kernels=kernels)  # rebinds the modules' weights as views: the reference still works
@@ -86,6 +102,14 @@ def test_fused_logits_equal_transformers(name, kernels):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(hid_got, hid_want[:, -got.shape[1]:], rtol=1e-4, atol=1e-4)
         start += T
+    layers = model.config.num_hidden_layers
+    if kernels:  # prefill (30 tokens) keeps cuBLAS after rms_norm; decode (3) and verify (12) fuse
+        assert calls["rms_norm"] == [30] * 2 * layers
+        assert calls["norm_linear"] == [3] * 2 * layers + [12] * 2 * layers + [3] * 2 * layers
+        assert calls["act_linear_add_"] == [3] * layers + [12] * layers + [3] * layers
+        assert calls["linear_add_"] == (calls["act_linear_add_"] if mode == "triton-o" else [])
+    else:
+        assert not any(calls.values())
     owned = mask[:, None, :start, None].bool().expand(-1, kv_ref[0].shape[1], -1, kv_ref[0].shape[-1])
     for a, b in zip(kv_fused, kv_ref):  # padding columns hold garbage nobody reads (and may differ)
         torch.testing.assert_close(a[:, :, :start][owned], b[:, :, :start][owned], rtol=1e-5, atol=1e-5)
