@@ -18,7 +18,8 @@ transformers' building blocks spend several kernels where one does:
   q/k/v and the gate/up projections), ``act_linear_add_`` is SiLU-and-mul, the down projection and
   the residual addition in one (``linear_add_``: the same without the activation, for the output
   projection where :data:`GEMV_O_PROJ` says so; cuBLAS ``addmm_`` is one kernel too). With
-  ``rope_write`` and ``attend`` a decode step of a small model is 6 kernels per layer, not 9.
+  ``rope_write`` and ``attend`` a decode step of a small model would be 6 kernels per layer, not 9;
+  they are off (:data:`GEMV`) until they beat the kernels they replace on a GPU.
 
 Each computes in fp32 and rounds once to the output dtype, so results agree with transformers'
 bf16 building blocks to bf16 rounding and exactly (to fp32 rounding) in fp32. They run on CUDA, or
@@ -50,7 +51,10 @@ __all__ = ["kernel_reason", "rms_norm", "rope_write", "attend", "attend_fits", "
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
-# the GEMV kernels (norm_linear, act_linear_add_, linear_add_): tune on a GPU (benchmarks/bench_gemv.py)
+# the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Off by
+# default: on an H200 (BENCHMARKS.md) norm_linear at its best blocks only matches RMSNorm + cuBLAS
+# (4.9 vs 4.9 us, q/k/v of SmolLM2) and act_linear_add_ is 3.4x slower than SiLU-and-mul + cuBLAS.
+GEMV = False
 GEMV_MAX_ROWS = 16  # tokens per call (rows x step width): tl.dot pads the rows to 16
 GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest weight they take; larger ones keep cuBLAS
 GEMV_O_PROJ = False  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved)
@@ -381,13 +385,15 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
     """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
     suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode, verify)
-    and a small weight. Prefill and large models keep cuBLAS.
+    and a small weight, where :data:`GEMV` is on (it is off: not faster yet). Prefill and large
+    models keep cuBLAS.
 
     Example:
-        >>> gemv_fits(1, 960, 576), gemv_fits(30, 960, 576), gemv_fits(1, 28672, 4096)
+        >>> GEMV = True                                                        # doctest: +SKIP
+        >>> gemv_fits(1, 960, 576), gemv_fits(30, 960, 576), gemv_fits(1, 28672, 4096)  # doctest: +SKIP
         (True, False, False)
     """
-    return tokens <= GEMV_MAX_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
+    return GEMV and tokens <= GEMV_MAX_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
 
 
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,

@@ -72,14 +72,17 @@ def _count_calls(monkeypatch, names: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 # the Triton variants run under Triton's interpreter on the CPU (slow): a subset of the cases;
+# "triton" is the default (9 kernels a layer), "triton-gemv" adds the GEMV kernels (K.GEMV),
 # "triton-o" also runs the output projection as linear_add_ (K.GEMV_O_PROJ)
-LOGIT_CASES = [(name, "torch") for name in MODELS] + [("llama-gqa", "triton"), ("qwen2-bias", "triton-o")]
+LOGIT_CASES = [(name, "torch") for name in MODELS] + [("llama-gqa", "triton"), ("llama-gqa", "triton-gemv"),
+                                                      ("qwen2-bias", "triton-o")]
 
 
 @pytest.mark.parametrize("name,mode", LOGIT_CASES, ids=[f"{n}-{m}" for n, m in LOGIT_CASES])
 def test_fused_logits_equal_transformers(name, mode, monkeypatch):
     kernels = mode != "torch"
     _kernels_or_skip(kernels)
+    monkeypatch.setattr(K, "GEMV", mode in ("triton-gemv", "triton-o"))
     monkeypatch.setattr(K, "GEMV_O_PROJ", mode == "triton-o")
     calls = _count_calls(monkeypatch, ("norm_linear", "act_linear_add_", "linear_add_", "rms_norm"))
     model = MODELS[name]()
@@ -103,7 +106,10 @@ def test_fused_logits_equal_transformers(name, mode, monkeypatch):
         torch.testing.assert_close(hid_got, hid_want[:, -got.shape[1]:], rtol=1e-4, atol=1e-4)
         start += T
     layers = model.config.num_hidden_layers
-    if kernels:  # prefill (30 tokens) keeps cuBLAS after rms_norm; decode (3) and verify (12) fuse
+    if mode == "triton":  # every step: rms_norm, then cuBLAS
+        assert calls["rms_norm"] == [30] * 2 * layers + [3] * 2 * layers + [12] * 2 * layers + [3] * 2 * layers
+        assert not calls["norm_linear"] and not calls["act_linear_add_"] and not calls["linear_add_"]
+    elif kernels:  # prefill (30 tokens) keeps cuBLAS after rms_norm; decode (3) and verify (12) fuse
         assert calls["rms_norm"] == [30] * 2 * layers
         assert calls["norm_linear"] == [3] * 2 * layers + [12] * 2 * layers + [3] * 2 * layers
         assert calls["act_linear_add_"] == [3] * layers + [12] * layers + [3] * layers

@@ -178,7 +178,9 @@ def test_linear_add_(dtype, bias):
     assert _rel(x, want) < TOL[dtype]
 
 
-def test_gemv_limits():
+def test_gemv_limits(monkeypatch):
+    assert not K.gemv_fits(1, 960, 576)  # off by default (K.GEMV)
+    monkeypatch.setattr(K, "GEMV", True)
     assert K.gemv_fits(K.GEMV_MAX_ROWS, 3072, 576) and not K.gemv_fits(K.GEMV_MAX_ROWS + 1, 3072, 576)
     assert not K.gemv_fits(1, 14336 * 2, 4096)  # the 8B model's gate/up keeps cuBLAS
     x = torch.zeros(K.GEMV_MAX_ROWS + 1, 16, device=DEVICE)
