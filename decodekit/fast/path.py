@@ -74,13 +74,14 @@ class FastPath:
             kernels) instead of transformers' forward; default: where the model supports it.
         kernels: let the fused forward use decodekit's Triton kernels (:mod:`decodekit.fast.kernels`:
             RMSNorm, rotary + cache write, attention, SiLU-and-mul); default: where Triton runs.
-        step_graphs: replay whole single-token loop steps (forward, token choice, bookkeeping) from
-            CUDA graphs where that is safe (:mod:`decodekit.fast.step_graph`); only with ``capture``.
+        step_graphs: replay whole loop steps (forward, token choice, bookkeeping) from CUDA graphs
+            where the strategy offers a plan (:mod:`decodekit.fast.step_graph`); default: with
+            ``capture``. ``capture=False, step_graphs=True`` runs the same steps eagerly (tests).
     """
 
     def __init__(self, lm, *, capture: bool | None = None, compile: str | None = None,
                  max_graph_tokens: int = 32, headroom: int = 256, warmup: int = 2, fused: bool | None = None,
-                 kernels: bool | None = None, step_graphs: bool = True):
+                 kernels: bool | None = None, step_graphs: bool | None = None):
         reason = unsupported_reason(lm)
         if reason is not None:
             raise ValueError(f"decodekit.fast: {reason}; use cuda_graphs=False")
@@ -96,7 +97,7 @@ class FastPath:
         self.pad_id = lm.pad_token_id
         self.max_graph_tokens, self.headroom, self.warmup = max_graph_tokens, headroom, warmup
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
-        self.step_graphs = bool(step_graphs) and self.capture
+        self.step_graphs = self.capture if step_graphs is None else bool(step_graphs)
         reason = fused_reason(self.model)
         if fused and reason is not None:
             raise ValueError(f"decodekit.fast: fused=True, but {reason}")

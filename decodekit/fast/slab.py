@@ -138,14 +138,21 @@ class Slab:
         inp.write.copy_(self.cols[start:start + T])
         if not self.path.capture:
             return self._forward(inp.ids, inp.write, inp.view, last_only, False)[0][:n], None
+        g = self.graph(T, last_only)
+        g.graph.replay()
+        return g.logits[:n].clone(), None  # the next replay overwrites g.logits
+
+    def graph(self, T: int, last_only: bool = False) -> _Graph:
+        """The captured forward of ``T`` new tokens over the static inputs, captured on first use
+        (its warm-up runs the forward on the inputs as they are: load them first)."""
         g = self.graphs.get((T, last_only))
         if g is None:
+            inp = self._static(T)
             warmup = self.path.warmup if self.path.captures == 0 else 1
             graph, logits = self._capture(lambda: self._forward(inp.ids, inp.write, inp.view, last_only, False)[0],
                                           warmup)
             g = self.graphs[(T, last_only)] = _Graph(graph, logits)
-        g.graph.replay()
-        return g.logits[:n].clone(), None  # the next replay overwrites g.logits
+        return g
 
     def _forward(self, ids, write, view, last_only: bool, hidden: bool):
         # ids [rows, T] long; write [T] long. The step function (eager or torch.compile'd) of the path.

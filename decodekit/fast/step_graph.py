@@ -1,42 +1,48 @@
-"""StepGraph: a whole single-token decode step -- forward, token choice, bookkeeping -- from CUDA graphs.
+"""StepGraph: whole loop steps -- forward, token choice, bookkeeping -- replayed from CUDA graphs.
 
 On the fast path the model's forward is one captured graph, but the rest of a loop step (the
-strategy's token choice, ``Stopping.clip``, ``DecodeState.append``, ``Stopping.update``) is ~40 small
-PyTorch calls, each costing host time. For a small model on a fast GPU that host time is as long as
-the forward itself. Where the loop checks stops one step late (:mod:`decodekit.lag`), the whole step
-runs on the device without a host read, so it can be captured too: this module replays
+strategy's token choice, ``Stopping.clip``, ``DecodeState.append``, ``Stopping.update``) is tens of
+small PyTorch calls, each costing host time: for a small model on a fast GPU as much as the forward
+itself, and several times more for a draft-then-verify step. Where the loop checks stops one step
+late (:mod:`decodekit.lag`) and the strategy's step needs no host value, the whole step can be
+captured. A strategy offers that through a *plan* (:class:`Plan`): how many new cache columns a step
+feeds (``width``), the first step's inputs (``feed``), and the step after the forward (``tail``),
+which ends by writing the next forward's inputs on the device. Each step then replays
 
-1. the slab's captured forward of one token per row (the pending tokens), then
-2. a *tail* graph, captured once per decode, of the loop's own step function over the
-   :class:`~decodekit.state.DecodeState` (the strategy's ``step`` finds the logits already there),
-   which ends by writing the next forward's inputs: the new pending tokens, the next cache column
-   and its mask bit, all on the device.
+1. the slab's captured forward of ``width`` tokens per row, then
+2. the tail, captured once per decode (run eagerly once first, as the warm-up),
 
-A step then costs two graph launches on the host. The tail is the code the loop runs otherwise,
-except that with Triton the clip / append / update after the strategy's step is one kernel
-(:mod:`decodekit.fast.token_step`, ~30 fewer kernels per step; ``TOKEN_STEP = False`` runs the
-loop's own functions); results are bitwise those of the uncaptured loop (the GPU tests compare them).
+two graph launches on the host. Plans: :class:`TokenPlan` (greedy and sampling without processors:
+the strategy's own ``step``, then clip / append / update as one kernel,
+:mod:`decodekit.fast.token_step`, or the loop's own functions without Triton) and prompt lookup with
+greedy verification at a fixed width (:mod:`decodekit.strategies.speculative.graph_plan`).
 
 How the tail stays valid across replays: state fields the step *reassigns* (``n_new``, ``done``,
 ``pending``, ``finish_codes``, ...) get fresh tensors during capture; the tail copies each back
 into the tensor the field held before the step and restores the field, so every replay reads and
-writes the same memory. If the step changes a field's shape or dtype, or anything outside replaces
-a field between steps (a monitor, a rollback), the decode goes on with the ordinary loop step.
+writes the same memory. The cache's column mask is the slab's own (``state.attention_mask`` is a
+view of it after each step). If the step changes a field's shape or dtype, the decode goes on with
+the ordinary loop step; if something outside replaces a field between steps, the inputs are loaded
+again and the tail captured anew.
 
-Where: a single-token strategy that says ``step_capturable`` (greedy, sampling without logits
-processors), over a :class:`~decodekit.fast.cache.FastCache` with graphs, with the lagged stop
-check on, once the slab's one-token forward graph exists and its capacity holds every remaining
-step. ``FastPath(lm, step_graphs=False)`` turns it off.
+Where: a strategy whose ``graph_plan`` gives a plan, over a :class:`~decodekit.fast.cache.FastCache`
+with graphs, with the lagged stop check on, once a token is pending. The slab must hold every
+remaining step's columns (``width`` per step, up to the idle step): the cache moves to a larger
+slab once if not. ``FastPath(lm, step_graphs=False)`` turns it off; ``FastPath(lm, capture=False,
+step_graphs=True)`` runs the same steps eagerly (tests on the CPU).
 
 Example:
     >>> lm = decodekit.load(device="cuda", dtype="bfloat16")                     # doctest: +SKIP
     >>> decodekit.generate(lm, "Hi", max_new_tokens=64)    # steps from graphs      # doctest: +SKIP
+    >>> lm.fast.graph_steps                                                       # doctest: +SKIP
+    63
 """
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -45,9 +51,57 @@ from decodekit.fast.kernels import kernel_reason
 from decodekit.fast.token_step import finish_step
 from decodekit.state import DecodeState
 
-__all__ = ["StepGraph", "TOKEN_STEP"]
+__all__ = ["StepGraph", "Plan", "TokenPlan", "TOKEN_STEP"]
 
-TOKEN_STEP = True  # False: the tail runs the loop's own step function (~30 more small kernels)
+TOKEN_STEP = True  # False: the token plan's tail runs the loop's own functions (~30 more small kernels)
+
+
+class Plan(Protocol):
+    """A strategy's whole step as a forward of ``width`` tokens per row plus a device-only tail."""
+
+    width: int  # new tokens (cache columns) per row and step
+
+    def feed(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first step's inputs: ids ``[rows, width]`` and the new columns' mask bits ``[rows,
+        width]`` long (host values allowed: runs once, eagerly)."""
+
+    def tail(self, state: DecodeState, logits: torch.Tensor, ids_in: torch.Tensor, write: torch.Tensor,
+             mask: torch.Tensor) -> None:
+        """The step after the forward (``logits [rows, width, vocab]``), then the next forward's
+        inputs: ``ids_in [B, width]``, ``write [width]`` (advance by ``width``), the slab's ``mask
+        [B, C]`` bits of the new columns. Device work only: it is captured."""
+
+
+class TokenPlan:
+    """Greedy / sampling: one token per row (the strategy's ``step`` finds the logits in place)."""
+
+    width = 1
+
+    def __init__(self, strategy, stopping, body: Callable[[], None]):
+        fused = TOKEN_STEP and not (stopping.stop_strings or stopping.criteria)
+        self.strategy, self.stopping, self.body, self.fused = strategy, stopping, body, fused
+
+    def feed(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
+        return state.pending[:, None], torch.ones_like(state.pending)[:, None]
+
+    def tail(self, state, logits, ids_in, write, mask) -> None:
+        n = state.rows
+        state.next_logits = logits[:, -1]  # [rows, vocab]
+        pending, state.pending = state.pending, None  # fed by the forward just replayed
+        if self.fused and kernel_reason(state.done.device) is None:  # the step, then one kernel
+            out = self.strategy.step(state)
+            state.pending = pending  # finish_step updates it in place
+            finish_step(state, out, self._eos(state), ids_in, write, mask)
+        else:
+            self.body()
+            ids_in[:n, 0].copy_(state.pending)
+            write.add_(1)
+            mask.index_fill_(1, write, 1)
+
+    def _eos(self, state: DecodeState) -> torch.Tensor:  # [n_eos] long
+        if self.stopping.eos_token_ids:
+            return self.stopping._eos_on(state.done.device)
+        return torch.zeros(0, dtype=torch.long, device=state.done.device)
 
 
 class _NotCapturable(Exception):
@@ -55,44 +109,37 @@ class _NotCapturable(Exception):
 
 
 class StepGraph:
-    """Runs the loop's single-token steps of one decode from CUDA graphs (see the module docstring).
+    """Runs one decode's loop steps from CUDA graphs, following a :class:`Plan` (module docstring).
 
     Args:
-        body: the loop's step function over the state (choose, clip, append, update).
+        plan: the strategy's plan.
         max_new_tokens: the decode's most new tokens per row (bounds the cache columns it needs).
-        strategy, stopping: with both, the tail runs the strategy's step and then clip / append /
-            update as one kernel (:mod:`decodekit.fast.token_step`) instead of ``body``.
     """
 
-    def __init__(self, body: Callable[[], None], max_new_tokens: int, strategy=None, stopping=None):
-        self.body = body
+    def __init__(self, plan: Plan, max_new_tokens: int):
+        self.plan = plan
         self.max_new_tokens = max_new_tokens
-        self.strategy, self.stopping = strategy, stopping
-        self.slab = None  # the slab the inputs were primed on
+        self.slab = None  # the slab the inputs were loaded on
         self.warm = False  # the tail ran once eagerly on these inputs (capture comes next)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.fields: dict[str, torch.Tensor] = {}  # the state's tensors the tail reads and writes
         self.extra: dict[str, torch.Tensor] = {}  # ... and those in state.extra
-        self.off = False  # the step could not be captured: the decode uses the ordinary step
+        self.off = False  # the step cannot be captured: the decode uses the ordinary step
 
     @staticmethod
     def for_decode(state: DecodeState, strategy, stopping, lagged: bool,
                    body: Callable[[], None]) -> "StepGraph | None":
         """A StepGraph for this decode, or None where it does not apply (module docstring)."""
         cache = state.cache
-        if not (lagged and isinstance(cache, FastCache) and cache.path.capture):
-            return None
-        if not (getattr(cache.path, "step_graphs", False) and getattr(strategy, "step_capturable", False)):
+        if not (lagged and isinstance(cache, FastCache) and getattr(cache.path, "step_graphs", False)):
             return None
         generator = state.generator
         if generator is not None and generator.device.type == "cuda" \
                 and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             return None  # this torch cannot advance a generator from a graph
-        if state.user_processors:
-            return None
-        fused = (TOKEN_STEP and kernel_reason(state.done.device) is None
-                 and not (stopping.stop_strings or stopping.criteria))
-        return StepGraph(body, state.logprobs.shape[1], *((strategy, stopping) if fused else ()))
+        make = getattr(strategy, "graph_plan", None)
+        plan = make(state, stopping, body) if make is not None and not state.user_processors else None
+        return None if plan is None else StepGraph(plan, state.logprobs.shape[1])
 
     @torch.inference_mode()  # the slab's buffers are inference tensors
     def step(self, state: DecodeState) -> bool:
@@ -100,37 +147,44 @@ class StepGraph:
         cache = state.cache
         if self.off or state.pending is None or cache._lease is None or cache.rows != state.rows:
             return False
+        T = self.plan.width
+        need = cache.length + T * (self.max_new_tokens - state.steps + 2)  # columns up to the idle step
+        if need > cache.slab.capacity:
+            cache._move(state.rows, need + cache.path.headroom)  # once: the slab then holds them all
         slab = cache.slab
-        forward = slab.graphs.get((1, False))
-        need = cache.length + self.max_new_tokens - state.steps + 2  # columns until the idle step
-        if forward is None or need > slab.capacity or state.attention_mask.shape[1] != cache.length:
-            return False
         if slab is not self.slab or any(getattr(state, k) is not t for k, t in self.fields.items()):
-            self._prime(state, slab)  # first step, a new slab, or a field replaced from outside
-        forward.graph.replay()  # [rows, 1, vocab] logits of the pending tokens
+            self._load(state, slab)  # first step, a new slab, or a field replaced from outside
+        inputs = slab._static(T)
+        if slab.path.capture:
+            forward = slab.graph(T)  # captured on first use, from the inputs just loaded
+            forward.graph.replay()
+            logits = forward.logits  # [B, T, vocab], rewritten by every replay
+        else:  # the same steps, eagerly (tests)
+            logits = slab._forward(inputs.ids, inputs.write, inputs.view, False, False)[0]
+        n = state.rows
         if self.graph is not None:
             self.graph.replay()
-        elif self.warm:
-            self.graph = self._capture(state, forward.logits)
+        elif self.warm and slab.path.capture:
+            self.graph = self._capture(state, logits[:n], inputs)
         else:
-            self.warm = self._tail(state, forward.logits, strict=False)  # eagerly: the warm-up
+            self.warm = self._tail(state, logits[:n], inputs, strict=False)  # eagerly: the warm-up
             self.off = not self.warm
-        n = state.rows
-        cache.length += 1
+        cache.length += T
         state.lm.forward_passes += 1
-        cache.path.graph_steps += 1
+        slab.path.graph_steps += 1
         state.attention_mask = slab.mask[:n, :cache.length]  # [rows, S]: the slab's mask is the truth
-        state.next_logits = forward.logits[:n, -1]  # stale once a token is pending, as in the loop
         return True
 
-    def _prime(self, state: DecodeState, slab) -> None:
-        """Load the forward's static inputs from the state (host values allowed: once per slab)."""
-        n, length = state.rows, state.cache.length
-        inputs = slab._static(1)
+    def _load(self, state: DecodeState, slab) -> None:
+        """Load the first forward's inputs from the state (host values allowed: once per slab)."""
+        n, length, T = state.rows, state.cache.length, self.plan.width
+        ids, new = self.plan.feed(state)  # [rows, T] each
+        inputs = slab._static(T)
         slab.mask[:n, :length].copy_(state.attention_mask)
-        slab.mask[:, length] = 1  # the pending token's column
-        inputs.write.fill_(length)
-        inputs.ids[:n, 0].copy_(state.pending)
+        slab.mask[:n, length:length + T].copy_(new)
+        slab.mask[:n, length + T:] = 0  # columns past the step's own are nobody's yet
+        inputs.ids[:n].copy_(ids)
+        inputs.write.copy_(slab.cols[length:length + T])
         if state.finish_codes is None:  # reassigned by every step: must be a tensor from the start
             state.finish_codes = torch.zeros(n, dtype=torch.long, device=state.done.device)
         self.slab, self.warm, self.graph = slab, False, None
@@ -138,27 +192,15 @@ class StepGraph:
                        if isinstance(v, torch.Tensor) and k not in ("next_logits", "attention_mask")}
         self.extra = {k: v for k, v in state.extra.items() if isinstance(v, torch.Tensor)}
 
-    def _tail(self, state: DecodeState, logits: torch.Tensor, strict: bool) -> bool:
-        """The loop step after the forward, then the next forward's inputs; reassigned fields are
-        copied back into their tensors. Returns whether a replay could repeat it; ``strict`` raises
-        :class:`_NotCapturable` instead (capture), else the fields keep the step's new tensors."""
-        n, inputs = state.rows, self.slab._static(1)
-        state.next_logits = logits[:n, -1]  # [rows, vocab]
-        pending, state.pending = state.pending, None  # fed by the forward just replayed
-        if self.strategy is not None:  # the strategy's step, then the rest in one kernel
-            out = self.strategy.step(state)
-            state.pending = pending  # finish_step updates it in place
-            finish_step(state, out, self._eos(state), inputs.ids, inputs.write, self.slab.mask)
-        else:
-            self.body()
-            inputs.ids[:n, 0].copy_(state.pending)
-            inputs.write.add_(1)
-            self.slab.mask.index_fill_(1, inputs.write, 1)
+    def _tail(self, state: DecodeState, logits: torch.Tensor, inputs, strict: bool) -> bool:
+        """The plan's tail; reassigned fields are copied back into their tensors. Returns whether a
+        replay could repeat it; ``strict`` raises :class:`_NotCapturable` instead (capture), else
+        the fields keep the step's new tensors."""
+        self.plan.tail(state, logits, inputs.ids, inputs.write, self.slab.mask)
         extra = {k: v for k, v in state.extra.items() if isinstance(v, torch.Tensor)}
         moved = [(state, k, old, getattr(state, k)) for k, old in self.fields.items()]
         moved += [(state.extra, k, old, extra.get(k)) for k, old in self.extra.items()]
-        bad = extra.keys() != self.extra.keys() or not all(_same(old, new) for _, _, old, new in moved)
-        if bad:
+        if extra.keys() != self.extra.keys() or not all(_same(old, new) for _, _, old, new in moved):
             if strict:
                 raise _NotCapturable
             return False
@@ -171,12 +213,7 @@ class StepGraph:
                     owner[k] = old
         return True
 
-    def _eos(self, state: DecodeState) -> torch.Tensor:  # [n_eos] long
-        if self.stopping.eos_token_ids:
-            return self.stopping._eos_on(state.done.device)
-        return torch.zeros(0, dtype=torch.long, device=state.done.device)
-
-    def _capture(self, state: DecodeState, logits: torch.Tensor) -> torch.cuda.CUDAGraph | None:
+    def _capture(self, state: DecodeState, logits: torch.Tensor, inputs) -> torch.cuda.CUDAGraph | None:
         """Capture the tail and replay it (this step); None, with the step run eagerly, if it cannot."""
         graph = torch.cuda.CUDAGraph()
         generator = state.generator
@@ -186,13 +223,13 @@ class StepGraph:
         gc.disable()  # freeing another graph or pool while capturing is not allowed
         try:
             with torch.cuda.graph(graph, pool=self.slab.path.pool):
-                self._tail(state, logits, strict=True)
+                self._tail(state, logits, inputs, strict=True)
         except _NotCapturable:  # nothing ran: put the fields back and take the step eagerly
             for k, old in self.fields.items():
                 setattr(state, k, old)
             state.extra.update(self.extra)
             self.off = True
-            self._tail(state, logits, strict=False)
+            self._tail(state, logits, inputs, strict=False)
             return None
         finally:
             if collecting:

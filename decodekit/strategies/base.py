@@ -13,10 +13,8 @@ graph), ``uses_generator`` (draws random numbers; seeded through ``state.generat
 ``lagged_stops`` (the step needs no host sync and a step over finished rows changes nothing: on
 CUDA the loop then checks stops one step late, :mod:`decodekit.lag`), ``compactable`` (rows are
 independent: the loop may drop finished rows from the batch, :mod:`decodekit.compaction`; a strategy
-with per-row data of its own in ``state.extra`` then selects it in ``keep_rows``), ``step_capturable``
-(one token per row, and ``step`` -- given the logits -- only reads and reassigns device tensors of
-the state, never their shapes: on the fast path the loop may replay the whole step from a CUDA graph,
-:mod:`decodekit.fast.step_graph`).
+with per-row data of its own in ``state.extra`` then selects it in ``keep_rows``). A strategy whose whole step can replay from
+CUDA graphs on the fast path returns a plan from ``graph_plan`` (:mod:`decodekit.fast.step_graph`).
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ class Strategy:
     uses_generator: ClassVar[bool] = False
     lagged_stops: ClassVar[bool] = False
     compactable: ClassVar[bool] = False
-    step_capturable: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig | None = None, **options):
         if config is not None and options:
@@ -57,6 +54,11 @@ class Strategy:
 
     def step(self, state: DecodeState) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def graph_plan(self, state: DecodeState, stopping, body):
+        """A :class:`~decodekit.fast.step_graph.Plan` to replay this decode's steps from CUDA graphs
+        (``body`` runs the loop's ordinary step function), or None (the default: not capturable)."""
+        return None
 
     def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
         """Finished rows leave the batch: keep rows ``index [rows']`` of the strategy's own per-row

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from decodekit.config import StrategyConfig
+from decodekit.fast.step_graph import TokenPlan
 from decodekit.processors import apply_processors, build_processors
 from decodekit.registry import register_strategy
 from decodekit.state import DecodeState, StepOutput
@@ -40,9 +41,9 @@ class Greedy(Strategy):
     lagged_stops = True  # no host sync in the step: the loop may check stops one step late
     compactable = True  # rows are independent: finished rows may leave the batch
 
-    @property
-    def step_capturable(self) -> bool:  # the whole step may replay from a CUDA graph (no processors)
-        return not self.processors
+    def graph_plan(self, state: DecodeState, stopping, body) -> TokenPlan | None:
+        """The whole step from CUDA graphs (:mod:`decodekit.fast.step_graph`), without processors."""
+        return None if self.processors else TokenPlan(self, stopping, body)
 
     def __init__(self, config: GreedyConfig | None = None, **options):
         super().__init__(config, **options)

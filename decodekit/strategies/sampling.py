@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from decodekit.config import StrategyConfig
+from decodekit.fast.step_graph import TokenPlan
 from decodekit.processors import apply_processors, build_processors, sample_from_logits
 from decodekit.registry import register_strategy
 from decodekit.state import DecodeState, StepOutput
@@ -53,9 +54,9 @@ class Sample(Strategy):
     lagged_stops = True  # no host sync in the step: the loop may check stops one step late
     compactable = True  # rows are independent; their draws do not depend on the others (draw_rows)
 
-    @property
-    def step_capturable(self) -> bool:  # the whole step may replay from a CUDA graph (no processors)
-        return not self.processors
+    def graph_plan(self, state: DecodeState, stopping, body) -> TokenPlan | None:
+        """The whole step from CUDA graphs (:mod:`decodekit.fast.step_graph`), without processors."""
+        return None if self.processors else TokenPlan(self, stopping, body)
 
     def __init__(self, config: SampleConfig | None = None, **options):
         super().__init__(config, **options)

@@ -4,7 +4,8 @@ On a GPU only (skipped without CUDA). The ordinary step over the same static cac
 graphs (``step_graphs=False``) is the reference: tokens and log-probs must be bitwise equal, with
 rows that stop at different steps (EOS), a cache that outgrows its slab, a second decode on the same
 slab, and seeded sampling. A replay that read a stale copy of any state field (the copy-back) or the
-wrong cache column would change the tokens.
+wrong cache column would change the tokens. Prompt lookup at a fixed width replays its whole
+draft-verify step too (decodekit.strategies.speculative.graph_plan): its output must equal greedy.
 """
 
 from __future__ import annotations
@@ -86,6 +87,32 @@ def test_seeded_sampling_equals_ordinary_step(lm, generator):
     lm.fast = FastPath(lm, step_graphs=False)
     plain = decodekit.generate(lm, PROMPTS, "sample", max_new_tokens=40, **kw)
     assert graph.token_ids == plain.token_ids and graph.logprobs == plain.logprobs
+
+
+REPEATING = ["Hello there hello there hello", "Name a colour. Name a colour.",
+             "The quick brown fox jumps over the quick brown fox", "1 2 3 4 1 2 3 4 1 2"]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_prompt_lookup_plan_equals_greedy(lm, batch):
+    """Prompt lookup at a fixed width: its whole draft-verify step from graphs == greedy."""
+    lm.fast = FastPath(lm, step_graphs=False)
+    greedy = decodekit.generate(lm, REPEATING[:batch], max_new_tokens=40, eos_token_id=[])
+    graph, plain = _both(lm, REPEATING[:batch], "prompt_lookup", max_new_tokens=40, eos_token_id=[],
+                         adaptive=False, draft_tokens=6)
+    assert graph.token_ids == plain.token_ids == greedy.token_ids
+    assert graph.stats.extra["accepted_per_verify"] > 0.5  # it copied
+
+
+def test_prompt_lookup_plan_rows_stopping_early(lm):
+    lm.fast = FastPath(lm, step_graphs=False)
+    free = decodekit.generate(lm, REPEATING, max_new_tokens=40, eos_token_id=[])
+    eos = free.token_ids[0][9]
+    greedy = decodekit.generate(lm, REPEATING, max_new_tokens=40, eos_token_id=eos)
+    assert len({len(t) for t in greedy.token_ids}) > 1
+    graph, _ = _both(lm, REPEATING, "prompt_lookup", headroom=0, max_new_tokens=40, eos_token_id=eos,
+                     adaptive=False, draft_tokens=6)
+    assert graph.token_ids == greedy.token_ids and graph.finish_reasons == greedy.finish_reasons
 
 
 def test_processors_keep_the_ordinary_step(lm):

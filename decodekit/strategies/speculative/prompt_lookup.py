@@ -153,6 +153,7 @@ class PromptLookupProposer:
         self.min_ngram = min_ngram
         self.num_candidates = num_candidates
         self.makes_trees = num_candidates > 1  # token trees where the strategy allows them
+        self.device_drafts = num_candidates == 1  # propose(crop=False) reads nothing on the host
 
     def start(self, state: DecodeState) -> None:
         pass

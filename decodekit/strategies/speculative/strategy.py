@@ -56,6 +56,7 @@ from decodekit.strategies.base import Strategy
 from decodekit.strategies.speculative.columns import crop_columns, trailing_unused
 from decodekit.strategies.speculative.config import DraftVerifyConfig
 from decodekit.strategies.speculative.draft_length import CostAwareLength, cost_of_device
+from decodekit.strategies.speculative.graph_plan import STATS, LookupPlan
 from decodekit.strategies.speculative.proposer import Draft, DraftContext, DraftHistory, Proposer
 from decodekit.strategies.speculative.tree import (
     TreeShape, keep_path_columns, node_history, tree_attention, tree_shape, tree_verify,
@@ -81,6 +82,15 @@ class _Run:
         self.tree_verifies = 0  # target passes over a token tree
         self.trees = False  # token trees allowed in this decode (set in init)
         self.widths: WidthPicker | None = None  # draft_policy="cost": picks each step's width
+        self.device_stats: torch.Tensor | None = None  # [5] counters kept on the device (.graph_plan.STATS)
+
+    def fold_device_stats(self) -> None:
+        """Add the counters a graph-replayed decode kept on the device (one host read)."""
+        if self.device_stats is not None:
+            vals = dict(zip(STATS, self.device_stats.tolist()))
+            self.device_stats = None
+            for name, v in vals.items():
+                setattr(self, name, getattr(self, name) + v)
 
 
 class DraftVerify(Strategy):
@@ -93,6 +103,22 @@ class DraftVerify(Strategy):
     def __init__(self, config: DraftVerifyConfig | None = None, **options):
         super().__init__(config, **options)
         self.processors = build_processors(**self.config.processor_options())
+
+    @property
+    def lagged_stops(self) -> bool:
+        """At a fixed width with greedy verification a step over finished rows changes nothing: the
+        loop may check stops one step late (and on the fast path replay prompt lookup's whole step)."""
+        return not (self.config.adaptive or self.config.do_sample)
+
+    def graph_plan(self, state: DecodeState, stopping, body) -> LookupPlan | None:
+        """Prompt lookup's step from CUDA graphs (:mod:`.graph_plan`) where it applies: drafts the
+        proposer makes on the device, greedy verification at a fixed width, no processors, chains."""
+        run: _Run = state.extra[_RUN]
+        proposer = state.extra["_spec_proposer"]
+        if not getattr(proposer, "device_drafts", False) or run.trees or self.processors \
+                or not self.lagged_stops:
+            return None
+        return LookupPlan(self, state, stopping, run)
 
     @property
     def compactable(self) -> bool:
@@ -187,6 +213,7 @@ class DraftVerify(Strategy):
         run: _Run = state.extra[_RUN]
         if run.widths is not None:
             run.widths.flush(run)
+        run.fold_device_stats()
         new_tokens = max(int(state.n_new.sum()), 1)
         state.extra.update({
             "stat_accepted_per_verify": run.accepted / max(run.verifies, 1),
@@ -260,9 +287,15 @@ class DraftVerify(Strategy):
         if k == 0:
             return
         T = k + int(state.pending is not None)  # new columns of this step
-        j = torch.arange(T, device=accepted.device)[None, :]  # [1, T]
-        keep = (j < (T - k + accepted)[:, None]) & active[:, None]  # [rows, T]
+        keep = DraftVerify.kept_columns(accepted, active, T, k)  # [rows, T]
         state.attention_mask[:, -T:] = keep.to(state.attention_mask.dtype)
+
+    @staticmethod
+    def kept_columns(accepted: torch.Tensor, active: torch.Tensor, T: int, k: int) -> torch.Tensor:
+        """Which of a step's ``T`` new columns (``[pending,] d_1..d_k``) a row keeps ([rows, T] bool):
+        the pending token's and the ``accepted [rows]`` drafts', for ``active [rows]`` rows."""
+        j = torch.arange(T, device=accepted.device)[None, :]  # [1, T]
+        return (j < (T - k + accepted)[:, None]) & active[:, None]
 
     def _account(self, state, run: _Run, count, longest, accepted, active) -> None:
         """Counters, the adaptive draft length, and cropping columns no row uses (one host sync).

@@ -1,0 +1,92 @@
+"""Prompt lookup's whole draft-verify step from CUDA graphs: a :class:`~decodekit.fast.step_graph.Plan`.
+
+The ordinary step (:class:`~.strategy.DraftVerify`) syncs with the host once per step (the draft
+width, the counters, cropping unused cache columns) and costs ~150 small PyTorch calls on the host:
+on a GPU a prompt-lookup step costs several times a greedy step's host time, so copying 2-3 tokens
+per step did not pay. This plan runs the same step with nothing read on the host, so the loop
+replays it from graphs (:mod:`decodekit.fast.step_graph`):
+
+* a fixed width: every step verifies ``[pending, d_1..d_k]`` (``k = draft_tokens``); rows with
+  fewer drafts (or none) verify padding that is rejected;
+* the n-gram lookup of the next step's drafts runs at the end of the tail (:func:`.prompt_lookup.lookup`,
+  vectorised on the device) and goes straight into the next forward's inputs;
+* the counters (accepted, proposed, ...) add up on the device and reach the stats at ``finalize``;
+* rejected drafts' columns are masked where they are (holes), never cropped.
+
+Greedy verification only (its output equals greedy decoding), without processors, single chains.
+Used when the lagged stop check is on (CUDA) and ``adaptive=False`` (a fixed width): e.g.
+``decodekit.generate(lm, passage, "prompt_lookup", adaptive=False, draft_tokens=8)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.state import DecodeState, StepOutput
+from decodekit.strategies.speculative.proposer import DraftContext
+from decodekit.strategies.speculative.verify import greedy_verify
+
+__all__ = ["LookupPlan", "STATS"]
+
+STATS = ("accepted", "proposed", "verifies", "row_steps", "row_forwards")  # the device counters, in order
+
+
+class LookupPlan:
+    """Prompt lookup at a fixed width ``k``: ``width = k + 1`` new columns per step (module docstring).
+
+    Args:
+        strategy: the :class:`~.strategy.DraftVerify` (greedy verification, no processors).
+        state: the decode's state after ``init`` (its proposer and counters in ``state.extra``).
+        stopping, body: the loop's stopping rules and ordinary step (``body`` is not used: the tail
+            calls clip / append / update itself).
+    """
+
+    def __init__(self, strategy, state: DecodeState, stopping, run):
+        self.strategy, self.stopping, self.run = strategy, stopping, run
+        self.proposer = state.extra["_spec_proposer"]
+        self.k = strategy.config.draft_tokens
+        self.width = self.k + 1
+        rows, dev = state.rows, state.done.device
+        self.drafts = torch.zeros(rows, self.k, dtype=torch.long, device=dev)  # [rows, k] the next step's
+        self.count = torch.zeros(rows, dtype=torch.long, device=dev)  # [rows] valid drafts in it
+        self.stats = torch.zeros(len(STATS), dtype=torch.long, device=dev)  # [5] the counters (STATS)
+        run.device_stats = self.stats
+        self.ctx = DraftContext(False, strategy._process, tree=False, crop=False)
+
+    def _draft(self, state: DecodeState) -> None:
+        """The next step's drafts, from the rows' tokens as they are now (finished rows: none)."""
+        d = self.proposer.propose(state, self.k, self.ctx)  # no host sync without crop
+        self.drafts.copy_(d.tokens)
+        self.count.copy_(d.count)
+
+    def feed(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
+        self._draft(state)
+        active = (~state.done).long()[:, None].expand(-1, self.width)  # [rows, T]
+        return torch.cat([state.pending[:, None], self.drafts], 1), active
+
+    def tail(self, state, logits, ids_in, write, mask) -> None:
+        # logits [rows, T, V] of [pending, drafts]; write [T] their cache columns; mask [B, C]
+        n, T = state.rows, self.width
+        cols = write[None, :].expand(n, -1)  # [rows, T]
+        full = mask[:n]  # [rows, C]: the rows' columns; nobody's past this step's
+        state.attention_mask = full
+        active = ~state.done  # [rows]
+        v = greedy_verify(logits, self.drafts, self.count)
+        accepted = torch.where(active, v.accepted, 0)  # [rows]
+        full.scatter_(1, cols, self.strategy.kept_columns(accepted, active, T, self.k).long())
+        has = active & (self.count > 0)  # [rows]
+        self.stats.add_(torch.stack([accepted.sum(), torch.where(has, self.count, 0).sum(), has.sum(),
+                                     active.sum(), torch.full_like(accepted[0], n)]))
+        logprobs = torch.log_softmax(logits, -1).gather(-1, v.tokens[..., None])[..., 0]  # [rows, T]
+        state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+        out = self.stopping.clip(state, StepOutput(v.tokens, accepted + 1, logprobs, logits, cached=accepted))
+        state.append(out)
+        self.stopping.update(state)
+        if state.attention_mask is not full:  # append masked clipped drafts' columns: into the slab's mask
+            full.copy_(state.attention_mask)
+            state.attention_mask = full
+        self._draft(state)  # the next step's inputs
+        ids_in[:n, 0].copy_(state.pending)
+        ids_in[:n, 1:].copy_(self.drafts)
+        write.add_(T)
+        full.scatter_(1, cols, (~state.done).long()[:, None].expand(-1, T))

@@ -1,0 +1,71 @@
+"""Whole loop steps from a plan (decodekit.fast.step_graph), run eagerly on the CPU.
+
+``FastPath(capture=False, step_graphs=True)`` runs the very steps a CUDA graph replays (the static
+cache's device-side inputs, the plan's tail, the copy-back of reassigned fields) without capture,
+so the CPU checks their logic: tokens equal the ordinary loop's for greedy, sampling and prompt
+lookup at a fixed width (which also equals greedy), with rows stopping at different steps and a
+cache that has to move to a larger slab. tests/fast/test_step_graph_gpu.py checks the replays.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import decodekit
+import decodekit.lag
+from decodekit.fast import FastPath
+from tests.toy import ByteTokenizer, tiny_model
+
+PROMPTS = ["Hello there hello there hello", "Name a colour. Name a colour.",
+           "The quick brown fox jumps over the quick brown fox", "1 2 3 4 1 2 3 4 1 2"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return decodekit.load(tiny_model(seed=0), ByteTokenizer())
+
+
+def _run(lm, on: bool, strategy: str, monkeypatch, headroom: int = 8, **kw):
+    """One decode over the static cache: with step graphs (eager) and the lagged stop check, or not."""
+    monkeypatch.setattr(decodekit.lag, "LAG", on)
+    lm.fast = FastPath(lm, capture=False, step_graphs=on, headroom=headroom)
+    lm.cuda_graphs = True
+    try:
+        gen = decodekit.generate(lm, PROMPTS, strategy, **kw)
+    finally:
+        lm.cuda_graphs = False
+    assert (lm.fast.graph_steps > 0) == on
+    return gen
+
+
+@pytest.mark.parametrize("strategy,kw", [("greedy", {}), ("sample", {"seed": 3}),
+                                         ("prompt_lookup", {"adaptive": False, "draft_tokens": 5})])
+def test_plan_steps_equal_ordinary_steps(lm, strategy, kw, monkeypatch):
+    graph = _run(lm, True, strategy, monkeypatch, max_new_tokens=40, **kw)
+    plain = _run(lm, False, strategy, monkeypatch, max_new_tokens=40, **kw)
+    assert graph.token_ids == plain.token_ids
+    assert graph.stats.steps == plain.stats.steps and graph.stats.forward_passes == plain.stats.forward_passes
+    if strategy != "prompt_lookup":  # same forward widths: same log-probs
+        assert graph.logprobs == plain.logprobs
+
+
+def test_prompt_lookup_plan_equals_greedy_with_eos(lm, monkeypatch):
+    """Rows stop at different steps (an EOS id row 0 produces early), several tokens a step."""
+    free = _run(lm, False, "greedy", monkeypatch, max_new_tokens=40, eos_token_id=[])
+    eos = free.token_ids[0][9]
+    greedy = _run(lm, False, "greedy", monkeypatch, max_new_tokens=40, eos_token_id=eos)
+    lengths = [len(t) for t in greedy.token_ids]
+    assert lengths[0] <= 10 and len(set(lengths)) > 1
+    graph = _run(lm, True, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=eos,
+                 adaptive=False, draft_tokens=6)
+    assert graph.token_ids == greedy.token_ids and graph.finish_reasons == greedy.finish_reasons
+    stats = graph.stats.extra
+    assert stats["accepted_per_verify"] > 0.5 and 0 < stats["acceptance_rate"] <= 1  # it did copy
+
+
+def test_plan_on_a_moved_slab(lm, monkeypatch):
+    """The slab is too small for the steps left: the cache moves once, the plan follows."""
+    graph = _run(lm, True, "prompt_lookup", monkeypatch, headroom=0, max_new_tokens=60, eos_token_id=[],
+                 adaptive=False, draft_tokens=7)
+    greedy = _run(lm, False, "greedy", monkeypatch, headroom=0, max_new_tokens=60, eos_token_id=[])
+    assert graph.token_ids == greedy.token_ids and all(len(t) == 60 for t in graph.token_ids)
