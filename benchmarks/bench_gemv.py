@@ -11,11 +11,14 @@ Each variant runs as a CUDA graph of ``--calls`` back-to-back calls replayed ``-
 kernel wins). The calls cycle over copies of the weight that together exceed the L2 cache, as the
 layers of a real step do (``--hot``: one copy, L2-resident). ``fits`` is what ``gemv_fits`` says
 today; each path's max abs error is against an fp32 reference with the same roundings.
-``--sweep`` adds every (block_o, block_k) of the kernels, to tune their defaults and
-``GEMV_MAX_ELEMENTS``. Needs CUDA::
+``--sweep`` adds every (block_o, block_k, num_warps, split_k) of ``--block-o``, ``--block-k``,
+``--warps`` and ``--split`` (those that make a distinct launch: block_k up to the reduction's power
+of two, split_k up to its block count, rows x block_o x block_k up to ``--max-tile``) and prints the
+best per shape at the end, to tune the defaults (``kernels._gemv_launch``) and ``GEMV_MAX_ELEMENTS``.
+``--dry-run`` lists the swept launches without a GPU. Needs CUDA::
 
     python benchmarks/bench_gemv.py
-    python benchmarks/bench_gemv.py --shapes smollm2 --rows 1,4 --sweep
+    python benchmarks/bench_gemv.py --shapes smollm2-135m --rows 1,4 --sweep
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ SHAPES = {  # hidden, intermediate, q heads, kv heads, head dim
 }
 EPS = 1e-5
 COLD_BYTES = 128 * 2**20  # weight copies per case: more than the H200's 50 MB of L2 together
-SWEEP = [(o, k) for o in (16, 32, 64) for k in (64, 128, 256)]
 
 
 def per_call_us(fn, calls: int, replays: int) -> float:
@@ -107,6 +109,30 @@ def err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.float() - ref).abs().max())
 
 
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def sweep(args: argparse.Namespace, N: int, inp: int) -> list[dict]:
+    """The distinct launches of the sweep for ``N`` rows times a reduction of ``inp``: block_k up to
+    ``inp``'s power of two ("full" is that), split_k up to the number of blocks, no tile past
+    ``--max-tile`` products (register spills)."""
+    full = 1 << (inp - 1).bit_length()
+    bn = 1 << (N - 1).bit_length()
+    ks = sorted({full if k == "full" else int(k) for k in args.block_k.split(",")})
+    return [dict(block_o=o, block_k=k, num_warps=w, split_k=sk)
+            for o in ints(args.block_o) for k in ks if k <= full and bn * o * k <= args.max_tile
+            for sk in ints(args.split) if sk == 1 or sk <= math.ceil(inp / k)
+            for w in ints(args.warps)]
+
+
+def tag(blocks: dict) -> str:
+    """``block_o x block_k w num_warps s split_k``, or "default"."""
+    if not blocks:
+        return "default"
+    return f"{blocks['block_o']}x{blocks['block_k']}w{blocks['num_warps']}s{blocks['split_k']}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,8 +141,22 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=100, help="back-to-back calls in one graph")
     p.add_argument("--replays", type=int, default=10, help="graph replays timed (the median is shown)")
     p.add_argument("--hot", action="store_true", help="one weight copy: reads from L2, not HBM")
-    p.add_argument("--sweep", action="store_true", help="also time every (block_o, block_k) of the kernels")
+    p.add_argument("--sweep", action="store_true", help="also time the launches below, print the best per shape")
+    p.add_argument("--block-o", default="4,8,16,32", help="sweep: output features a program")
+    p.add_argument("--block-k", default="64,128,256,512,full", help="sweep: reduction block (full: all of it)")
+    p.add_argument("--warps", default="1,2,4,8", help="sweep: num_warps")
+    p.add_argument("--split", default="1,2,4", help="sweep: split_k (programs along the reduction)")
+    p.add_argument("--max-tile", type=int, default=65536, help="sweep: at most rows x block_o x block_k")
+    p.add_argument("--dry-run", action="store_true", help="list the swept launches per case; no GPU")
     args = p.parse_args()
+    cases = [(name, proj, kernel, out, inp, N) for name in args.shapes.split(",")
+             for proj, kernel, out, inp in ops(*SHAPES[name]) for N in ints(args.rows)]
+    if args.dry_run:
+        for name, proj, kernel, out, inp, N in cases:
+            launches = sweep(args, N, inp) if args.sweep else []
+            print(f"{name:13s} {proj:7s} {kernel:15s} N={N:2d} {out}x{inp}: {len(launches)} swept launches "
+                  f"{' '.join(tag(b) for b in launches[:4])}{' ...' if len(launches) > 4 else ''}")
+        return
     if not torch.cuda.is_available():
         sys.exit("bench_gemv.py needs CUDA")
     import triton
@@ -127,23 +167,29 @@ def main() -> None:
     print(f"command: {shlex.join([sys.executable] + sys.argv)}")
     print(f"GEMV_MAX_ROWS={K.GEMV_MAX_ROWS} GEMV_MAX_ELEMENTS={K.GEMV_MAX_ELEMENTS} GEMV_O_PROJ={K.GEMV_O_PROJ}; "
           f"{args.calls} calls a graph, median of {args.replays} replays, {'hot' if args.hot else 'cold'} L2")
-    print(f"{'shape':13s} {'proj':7s} {'kernel':15s} {'N':>2s} {'out x in':>12s} {'fits':>4s} {'blocks':>7s} "
+    print(f"{'shape':13s} {'proj':7s} {'kernel':15s} {'N':>2s} {'out x in':>12s} {'fits':>4s} {'blocks':>14s} "
           f"{'torch us':>8s} {'triton us':>9s} {'ratio':>6s} {'err torch':>9s} {'err triton':>10s}")
-    for name in args.shapes.split(","):
-        for proj, kernel, out, inp in ops(*SHAPES[name]):
-            copies = 1 if args.hot else max(1, min(args.calls, math.ceil(COLD_BYTES / (2 * out * inp))))
-            for N in (int(n) for n in args.rows.split(",")):
-                base, tri, ref, base_out, tri_out = case(kernel, N, out, inp, copies, dev)
-                t_base = per_call_us(base, args.calls, args.replays)
-                e_base = err(base_out, ref)
-                for blocks in [{}] + ([dict(block_o=o, block_k=k) for o, k in SWEEP] if args.sweep else []):
-                    t_tri = per_call_us(lambda i: tri(i, **blocks), args.calls, args.replays)
-                    tag = f"{blocks['block_o']}x{blocks['block_k']}" if blocks else "default"
-                    print(f"{name:13s} {proj:7s} {kernel:15s} {N:2d} {f'{out}x{inp}':>12s} "
-                          f"{'yes' if K.gemv_fits(N, out, inp) else 'no':>4s} {tag:>7s} {t_base:8.2f} {t_tri:9.2f} "
-                          f"{t_tri / t_base:6.2f} {e_base:9.2e} {err(tri_out(**blocks), ref):10.2e}", flush=True)
-                del base, tri
-            torch.cuda.empty_cache()
+    best = []  # (case, torch us, default us, best us, best tag)
+    for name, proj, kernel, out, inp, N in cases:
+        copies = 1 if args.hot else max(1, min(args.calls, math.ceil(COLD_BYTES / (2 * out * inp))))
+        base, tri, ref, base_out, tri_out = case(kernel, N, out, inp, copies, dev)
+        t_base = per_call_us(base, args.calls, args.replays)
+        e_base = err(base_out, ref)
+        times = {}
+        for blocks in [{}] + (sweep(args, N, inp) if args.sweep else []):
+            t_tri = times[tag(blocks)] = per_call_us(lambda i: tri(i, **blocks), args.calls, args.replays)
+            print(f"{name:13s} {proj:7s} {kernel:15s} {N:2d} {f'{out}x{inp}':>12s} "
+                  f"{'yes' if K.gemv_fits(N, out, inp) else 'no':>4s} {tag(blocks):>14s} {t_base:8.2f} "
+                  f"{t_tri:9.2f} {t_tri / t_base:6.2f} {e_base:9.2e} {err(tri_out(**blocks), ref):10.2e}", flush=True)
+        top = min(times, key=times.get)
+        best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, times["default"], times[top], top))
+        del base, tri
+        torch.cuda.empty_cache()
+    if args.sweep:
+        print("\nbest per shape (us per call; ratio = best / torch):")
+        for what, t_base, t_def, t_best, top in best:
+            print(f"{what:55s} torch {t_base:6.2f} default {t_def:6.2f} best {t_best:6.2f} {top:>14s} "
+                  f"ratio {t_best / t_base:5.2f}")
 
 
 if __name__ == "__main__":

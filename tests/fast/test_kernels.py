@@ -188,3 +188,38 @@ def test_gemv_limits(monkeypatch):
         K.norm_linear(x, torch.ones(16, device=DEVICE), EPS, torch.zeros(16, 16, device=DEVICE))
     with pytest.raises(ValueError, match="dtype"):
         K.linear_add_(x[:2], x[:2].bfloat16(), torch.zeros(16, 16, device=DEVICE))
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 4])
+def test_gemv_split_k_is_reproducible(split_k):
+    """Split-K (the last program of each output block sums the fp32 partials in split order) agrees
+    with the reference, gives the same bits on a second call and leaves every ticket at zero; the
+    reduction in one block (block_k 128 >= 100 columns) and several warps settings take the same path."""
+    g = torch.Generator(device=DEVICE).manual_seed(11 + split_k)
+    N, d, ff = 2, 24, 100
+    x = torch.randn(N, d, generator=g, device=DEVICE)
+    gate_up = _rows(N, 2 * ff, torch.float32, g)  # [N, 2 * ff]
+    w = torch.randn(d, ff, generator=g, device=DEVICE)
+    act = F.silu(gate_up[:, :ff]) * gate_up[:, ff:]
+    want = x + act @ w.T
+    blocks = dict(block_o=8, block_k=32 if split_k > 1 else 128, split_k=split_k, num_warps=2)
+    once = K.act_linear_add_(x.clone(), gate_up, w, **blocks)
+    assert _rel(once, want) < TOL[torch.float32]
+    assert torch.equal(K.act_linear_add_(x.clone(), gate_up, w, **blocks), once)
+    norm_w = 1 + torch.randn(ff, generator=g, device=DEVICE)
+    normed = K.norm_linear(act, norm_w, EPS, w, block_o=4, block_k=32, split_k=split_k)  # [N, d]
+    assert _rel(normed, F.linear(_norm_ref(act, norm_w), w)) < TOL[torch.float32]
+    if split_k > 1:
+        assert not K._tickets[x.device].any()  # reset for the next launch
+
+
+def test_gemv_default_blocks():
+    """The default launch: 4 outputs a program, the whole reduction in one block up to 2048 columns,
+    split-K only for few output blocks over several reduction blocks."""
+    w = torch.empty(960, 576)
+    grid, meta = K._gemv_launch(torch.empty(3, 960), w, torch.empty(3, 576), None, None, None, None)
+    assert grid == (240, 1) and (meta["BO"], meta["BK"], meta["KS"], meta["BN"]) == (4, 1024, 1024, 4)
+    grid, meta = K._gemv_launch(torch.empty(1, 96), torch.empty(96, 8192), torch.empty(1, 8192), None, None, None, None)
+    assert grid == (24, 4) and (meta["BK"], meta["KS"], meta["SPLIT"]) == (2048, 2048, 4)
+    grid, meta = K._gemv_launch(torch.empty(1, 96), torch.empty(96, 300), torch.empty(1, 300), 8, 64, 1, 2)
+    assert grid == (12, 2) and (meta["KS"], meta["num_warps"]) == (192, 1)  # 5 blocks: 3 + 2
