@@ -16,8 +16,7 @@ about 14 kernels per layer, reading the model's own weights:
 * the residual additions fused into the output projections (``addmm_`` into the residual stream);
 * with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write, attention over
   the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all;
-* optionally (``kernels.GEMV``, off: not faster than the above on an H200 yet), for a few tokens
-  times a small weight (:func:`~decodekit.fast.kernels.gemv_fits`): each RMSNorm inside the projection after it
+* for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.kernels.gemv_fits`): each RMSNorm inside the projection after it
   (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul with the residual inside the down projection
   (``act_linear_add_``) -- 6 kernels per layer: norm + q/k/v, rotary + cache write, attention,
   output projection + residual, norm + gate/up, activation + down + residual.

@@ -18,8 +18,8 @@ transformers' building blocks spend several kernels where one does:
   q/k/v and the gate/up projections), ``act_linear_add_`` is SiLU-and-mul, the down projection and
   the residual addition in one (``linear_add_``: the same without the activation, for the output
   projection where :data:`GEMV_O_PROJ` says so; cuBLAS ``addmm_`` is one kernel too). With
-  ``rope_write`` and ``attend`` a decode step of a small model would be 6 kernels per layer, not 9;
-  they are off (:data:`GEMV`) until they beat the kernels they replace on a GPU.
+  ``rope_write`` and ``attend`` a decode step of a small model is 6 kernels per layer, not 9, each
+  GEMV faster than cuBLAS's at one row (see :data:`GEMV`; wider steps keep cuBLAS).
 
 Each computes in fp32 and rounds once to the output dtype, so results agree with transformers'
 bf16 building blocks to bf16 rounding and exactly (to fp32 rounding) in fp32. They run on CUDA, or
@@ -51,16 +51,17 @@ __all__ = ["kernel_reason", "rms_norm", "rope_write", "attend", "attend_fits", "
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
-# the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Off by
-# default until measured in the step. Per call on an H200 (bf16, cold L2, default blocks), against
-# RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x for SmolLM2's shapes (q/k/v 2.6 vs 4.9 us,
-# down 3.4 vs 6.9 us) and 0.8-1.15x for Llama-3.2-1B's; at 4 rows 0.7-1.05x for SmolLM2's; at 16
-# rows 1.5-20x slower (each program's work grows with the rows; tl.dot would not)
-GEMV = False
-GEMV_MAX_ROWS = 16  # tokens per call (rows x step width): each program keeps [rows, block_o] sums
+# the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Per call on
+# an H200 (bf16, cold L2, default blocks), against RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x
+# for SmolLM2's shapes (q/k/v 2.6 vs 4.9 us, down 3.4 vs 6.9 us, o 2.7 vs 3.7 us) and 0.8-1.15x for
+# Llama-3.2-1B's; at 4 rows 0.7-1.05x for SmolLM2's; at 16 rows 1.5-20x slower (each program's work
+# grows with the rows): so they take decode steps of up to GEMV_FIT_ROWS tokens, verify steps keep cuBLAS
+GEMV = True
+GEMV_FIT_ROWS = 4  # tokens per call (rows x step width) up to which gemv_fits chooses them
+GEMV_MAX_ROWS = 16  # the most tokens per call the kernels take: each program keeps [rows, block_o] sums
 GEMV_BLOCK_K = 2048  # the default reduction block's largest size (a whole reduction up to it)
 GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest weight they take; larger ones keep cuBLAS
-GEMV_O_PROJ = False  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved)
+GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
 
 
 def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
@@ -395,16 +396,15 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
     """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
-    suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode, verify)
-    and a small weight, where :data:`GEMV` is on (it is off: not faster yet). Prefill and large
-    models keep cuBLAS.
+    suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode steps,
+    :data:`GEMV_FIT_ROWS`) and a small weight (:data:`GEMV_MAX_ELEMENTS`), where :data:`GEMV` is
+    on. Prefill, verify steps and large models keep cuBLAS.
 
     Example:
-        >>> GEMV = True                                                        # doctest: +SKIP
-        >>> gemv_fits(1, 960, 576), gemv_fits(30, 960, 576), gemv_fits(1, 28672, 4096)  # doctest: +SKIP
+        >>> gemv_fits(1, 960, 576), gemv_fits(12, 960, 576), gemv_fits(1, 28672, 4096)
         (True, False, False)
     """
-    return GEMV and tokens <= GEMV_MAX_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
+    return GEMV and tokens <= GEMV_FIT_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
 
 
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,

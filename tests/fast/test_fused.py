@@ -72,18 +72,21 @@ def _count_calls(monkeypatch, names: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 # the Triton variants run under Triton's interpreter on the CPU (slow): a subset of the cases;
-# "triton" is the default (9 kernels a layer), "triton-gemv" adds the GEMV kernels (K.GEMV),
-# "triton-o" also runs the output projection as linear_add_ (K.GEMV_O_PROJ)
-LOGIT_CASES = [(name, "torch") for name in MODELS] + [("llama-gqa", "triton"), ("llama-gqa", "triton-gemv"),
-                                                      ("qwen2-bias", "triton-o")]
+# "triton" is the default (GEMV kernels for decode steps of <= 4 tokens, with the output projection),
+# "triton-plain" has no GEMV kernels (9 kernels a layer), "triton-gemv" takes them up to 16 tokens
+# (also the 12-token verify) without the output projection, "triton-o" with it
+LOGIT_CASES = [(name, "torch") for name in MODELS] + [("llama-gqa", "triton"), ("llama-gqa", "triton-plain"),
+                                                      ("llama-gqa", "triton-gemv"), ("qwen2-bias", "triton-o")]
+GEMV_MODES = {"triton-plain": dict(GEMV=False), "triton-gemv": dict(GEMV_FIT_ROWS=16, GEMV_O_PROJ=False),
+              "triton-o": dict(GEMV_FIT_ROWS=16, GEMV_O_PROJ=True)}
 
 
 @pytest.mark.parametrize("name,mode", LOGIT_CASES, ids=[f"{n}-{m}" for n, m in LOGIT_CASES])
 def test_fused_logits_equal_transformers(name, mode, monkeypatch):
     kernels = mode != "torch"
     _kernels_or_skip(kernels)
-    monkeypatch.setattr(K, "GEMV", mode in ("triton-gemv", "triton-o"))
-    monkeypatch.setattr(K, "GEMV_O_PROJ", mode == "triton-o")
+    for name_, value in GEMV_MODES.get(mode, {}).items():
+        monkeypatch.setattr(K, name_, value)
     calls = _count_calls(monkeypatch, ("norm_linear", "act_linear_add_", "linear_add_", "rms_norm"))
     model = MODELS[name]()
     reference = functools.partial(_step, model, torch.float32, decodekit.load(model, ByteTokenizer())._cache_kw)
@@ -106,7 +109,11 @@ def test_fused_logits_equal_transformers(name, mode, monkeypatch):
         torch.testing.assert_close(hid_got, hid_want[:, -got.shape[1]:], rtol=1e-4, atol=1e-4)
         start += T
     layers = model.config.num_hidden_layers
-    if mode == "triton":  # every step: rms_norm, then cuBLAS
+    if mode == "triton":  # the defaults: decode steps (3 tokens) fused, prefill and verify (12) cuBLAS
+        assert calls["rms_norm"] == [30] * 2 * layers + [12] * 2 * layers
+        assert calls["norm_linear"] == [3] * 2 * layers + [3] * 2 * layers
+        assert calls["act_linear_add_"] == [3] * layers + [3] * layers == calls["linear_add_"]
+    elif mode == "triton-plain":  # every step: rms_norm, then cuBLAS
         assert calls["rms_norm"] == [30] * 2 * layers + [3] * 2 * layers + [12] * 2 * layers + [3] * 2 * layers
         assert not calls["norm_linear"] and not calls["act_linear_add_"] and not calls["linear_add_"]
     elif kernels:  # prefill (30 tokens) keeps cuBLAS after rms_norm; decode (3) and verify (12) fuse

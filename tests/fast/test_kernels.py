@@ -179,9 +179,9 @@ def test_linear_add_(dtype, bias):
 
 
 def test_gemv_limits(monkeypatch):
-    assert not K.gemv_fits(1, 960, 576)  # off by default (K.GEMV)
-    monkeypatch.setattr(K, "GEMV", True)
-    assert K.gemv_fits(K.GEMV_MAX_ROWS, 3072, 576) and not K.gemv_fits(K.GEMV_MAX_ROWS + 1, 3072, 576)
+    assert K.gemv_fits(K.GEMV_FIT_ROWS, 3072, 576) and not K.gemv_fits(K.GEMV_FIT_ROWS + 1, 3072, 576)
+    monkeypatch.setattr(K, "GEMV", False)
+    assert not K.gemv_fits(1, 960, 576)
     assert not K.gemv_fits(1, 14336 * 2, 4096)  # the 8B model's gate/up keeps cuBLAS
     x = torch.zeros(K.GEMV_MAX_ROWS + 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="rows"):

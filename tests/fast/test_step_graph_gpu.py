@@ -57,9 +57,11 @@ def test_rows_finishing_at_different_steps(lm):
 
 
 def test_cache_outgrowing_its_slab(lm):
-    """A small headroom: the cache moves to a larger slab mid-decode; the step graphs follow it."""
+    """A small headroom: the cache moves to a larger slab (at once with step graphs, step by step
+    without: attention then splits other column counts, so log-probs agree to float rounding)."""
     graph, plain = _both(lm, PROMPTS[:2], headroom=8, max_new_tokens=150, eos_token_id=[])
-    assert graph.token_ids == plain.token_ids and graph.logprobs == plain.logprobs
+    assert graph.token_ids == plain.token_ids
+    torch.testing.assert_close(torch.tensor(graph.logprobs), torch.tensor(plain.logprobs), rtol=0, atol=1e-4)
     assert all(len(t) == 150 for t in graph.token_ids)
 
 
