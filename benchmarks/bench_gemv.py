@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from decodekit.fast import kernels as K  # noqa: E402
+from graph_timing import per_call_us  # noqa: E402
 
 SHAPES = {  # hidden, intermediate, q heads, kv heads, head dim
     "smollm2-135m": (576, 1536, 9, 3, 64),
@@ -42,28 +43,6 @@ SHAPES = {  # hidden, intermediate, q heads, kv heads, head dim
 }
 EPS = 1e-5
 COLD_BYTES = 128 * 2**20  # weight copies per case: more than the H200's 50 MB of L2 together
-
-
-def per_call_us(fn, calls: int, replays: int) -> float:
-    """Median microseconds per call of ``fn(i)``, i = 0..calls-1, captured as one CUDA graph."""
-    for i in range(2):
-        fn(i)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(calls):
-            fn(i)
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        g.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
 
 
 def ops(d: int, ff: int, h: int, kv: int, hd: int) -> list[tuple[str, str, int, int]]:

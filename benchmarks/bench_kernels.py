@@ -19,32 +19,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from decodekit.fast import kernels as K  # noqa: E402
 from decodekit.fast.attention import attention_bias  # noqa: E402
+from graph_timing import per_call_us  # noqa: E402
 
 SHAPES = {"smollm2": (9, 3, 64), "llama-3.1-8b": (32, 8, 128)}
 CASES = [(1, 1, 384, 168), (1, 8, 384, 168), (4, 1, 384, 168), (1, 1, 2048, 1900)]  # rows, T, C, filled
 
 
-def per_call_us(fn, calls: int = 30) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(10):
-        start.record()
-        g.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
-
-
 def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("bench_kernels.py needs CUDA")
     torch.manual_seed(0)
     dev = torch.device("cuda")
     for name, (h, kv, hd) in SHAPES.items():
@@ -67,14 +50,14 @@ def main() -> None:
                 return F.scaled_dot_product_attention(qq, keys, values, attn_mask=bias)
 
             ref = sdpa().view(rows, kv, g, T, hd).permute(0, 3, 1, 2, 4).reshape(N, h, hd).float()
-            row = [f"{name:13s} rows={rows} T={T} C={C} filled={filled}: sdpa {per_call_us(sdpa):6.2f} us"]
+            row = [f"{name:13s} rows={rows} T={T} C={C} filled={filled}: sdpa {per_call_us(lambda i: sdpa(), 30):6.2f} us"]
             for block_c in (16, 32, 64):
                 for last in (False, True):
                     fn = lambda b=block_c, l=last: K.attend(q, keys, values, mask, write, hd ** -0.5,  # noqa: E731
                                                             block_c=b, last_combines=l)
                     err = float((fn().float() - ref).norm() / ref.norm())
                     want = want or err
-                    row.append(f"b{block_c}{'L' if last else '2'} {per_call_us(fn):6.2f} ({err:.0e})")
+                    row.append(f"b{block_c}{'L' if last else '2'} {per_call_us(lambda i, f=fn: f(), 30):6.2f} ({err:.0e})")
             print("  ".join(row), flush=True)
 
 
