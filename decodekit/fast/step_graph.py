@@ -26,9 +26,9 @@ the ordinary loop step; if something outside replaces a field between steps, the
 again and the tail captured anew.
 
 Where: a strategy whose ``graph_plan`` gives a plan, over a :class:`~decodekit.fast.cache.FastCache`
-with graphs, with the lagged stop check on, once a token is pending. The slab must hold every
-remaining step's columns (``width`` per step, up to the idle step): the cache moves to a larger
-slab once if not. ``FastPath(lm, step_graphs=False)`` turns it off; ``FastPath(lm, capture=False,
+with graphs, with the lagged stop check on, once a token is pending. When the slab runs out of
+columns (``width`` per step) the cache moves to one twice as large, as an ordinary forward would;
+the inputs are loaded there and the tail captured again. ``FastPath(lm, step_graphs=False)`` turns it off; ``FastPath(lm, capture=False,
 step_graphs=True)`` runs the same steps eagerly (tests on the CPU).
 
 Example:
@@ -113,12 +113,10 @@ class StepGraph:
 
     Args:
         plan: the strategy's plan.
-        max_new_tokens: the decode's most new tokens per row (bounds the cache columns it needs).
     """
 
-    def __init__(self, plan: Plan, max_new_tokens: int):
+    def __init__(self, plan: Plan):
         self.plan = plan
-        self.max_new_tokens = max_new_tokens
         self.slab = None  # the slab the inputs were loaded on
         self.warm = False  # the tail ran once eagerly on these inputs (capture comes next)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -139,7 +137,7 @@ class StepGraph:
             return None  # this torch cannot advance a generator from a graph
         make = getattr(strategy, "graph_plan", None)
         plan = make(state, stopping, body) if make is not None and not state.user_processors else None
-        return None if plan is None else StepGraph(plan, state.logprobs.shape[1])
+        return None if plan is None else StepGraph(plan)
 
     @torch.inference_mode()  # the slab's buffers are inference tensors
     def step(self, state: DecodeState) -> bool:
@@ -148,9 +146,9 @@ class StepGraph:
         if self.off or state.pending is None or cache._lease is None or cache.rows != state.rows:
             return False
         T = self.plan.width
-        need = cache.length + T * (self.max_new_tokens - state.steps + 2)  # columns up to the idle step
-        if need > cache.slab.capacity:
-            cache._move(state.rows, need + cache.path.headroom)  # once: the slab then holds them all
+        if cache.length + 2 * T > cache.slab.capacity:  # this step's columns and the next one's
+            grown = max(2 * cache.slab.capacity, cache.length + 2 * T + cache.path.headroom)
+            cache._move(state.rows, grown)  # as an ordinary forward would: the inputs load again
         slab = cache.slab
         if slab is not self.slab or any(getattr(state, k) is not t for k, t in self.fields.items()):
             self._load(state, slab)  # first step, a new slab, or a field replaced from outside
