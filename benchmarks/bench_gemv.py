@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from decodekit.fast import kernels as K  # noqa: E402
+from decodekit.fast import gemv as K  # noqa: E402  (the GEMV kernels)
 from graph_timing import per_call_us  # noqa: E402
 
 SHAPES = {  # hidden, intermediate, q heads, kv heads, head dim

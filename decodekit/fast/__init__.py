@@ -8,8 +8,9 @@ of up to ``max_graph_tokens`` new tokens replay a graph captured per batch-size 
 Files: ``attention`` (4-D bias, positions, the transformers Cache adapter), ``slab`` (preallocated
 K/V per bucket, static inputs, capture and replay), ``cache`` (the handle a decode holds),
 ``path`` (the per-model pool and options), ``fused`` (the fused Llama-family step), ``kernels``
-(its Triton kernels), ``step_graph`` (whole loop steps from graphs, following a strategy's plan),
-``token_step`` (a single-token step's bookkeeping in one kernel).
+(its Triton kernels), ``gemv`` (GEMV kernels with the norm / activation / residual inside),
+``step_graph`` (whole loop steps from graphs, following a strategy's plan), ``token_step`` (a
+single-token step's bookkeeping in one kernel).
 """
 
 from decodekit.fast.cache import FastCache

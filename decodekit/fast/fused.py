@@ -16,7 +16,7 @@ about 14 kernels per layer, reading the model's own weights:
 * the residual additions fused into the output projections (``addmm_`` into the residual stream);
 * with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write, attention over
   the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all;
-* for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.kernels.gemv_fits`): each RMSNorm inside the projection after it
+* for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.gemv.gemv_fits`): each RMSNorm inside the projection after it
   (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul with the residual inside the down projection
   (``act_linear_add_``) -- 6 kernels per layer: norm + q/k/v, rotary + cache write, attention,
   output projection + residual, norm + gate/up, activation + down + residual.
@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
 from decodekit.fast.attention import attention_bias, positions
 
@@ -158,14 +159,14 @@ class FusedLlama:
         """``F.linear(rms_norm(x), w, b)`` for ``x [N, d]``, ``w [out, d]``: one kernel where it fits."""
         if not self.kernels:
             return F.linear(F.rms_norm(x, (x.shape[-1],), *norm), w, b)
-        if K.gemv_fits(x.shape[0], *w.shape):
-            return K.norm_linear(x, *norm, w, b)
+        if G.gemv_fits(x.shape[0], *w.shape):
+            return G.norm_linear(x, *norm, w, b)
         return F.linear(K.rms_norm(x, *norm), w, b)
 
     def _out_proj_(self, x: torch.Tensor, o: torch.Tensor, layer: _Layer) -> None:
         """``x += o @ layer.o.T (+ bias)`` in place for ``x [N, d]``, ``o [N, h * hd]``."""
-        if self.kernels and K.GEMV_O_PROJ and K.gemv_fits(x.shape[0], *layer.o.shape):
-            K.linear_add_(x, o, layer.o, layer.o_bias)
+        if self.kernels and G.GEMV_O_PROJ and G.gemv_fits(x.shape[0], *layer.o.shape):
+            G.linear_add_(x, o, layer.o, layer.o_bias)
         else:
             _add_linear_(x, o, layer.o, layer.o_bias)
 
@@ -174,8 +175,8 @@ class FusedLlama:
         if not self.kernels:
             gate, up = gate_up.chunk(2, -1)  # [N, ff] each
             _add_linear_(x, layer.act(gate).mul_(up), layer.down, None)
-        elif K.gemv_fits(x.shape[0], *layer.down.shape):
-            K.act_linear_add_(x, gate_up, layer.down)
+        elif G.gemv_fits(x.shape[0], *layer.down.shape):
+            G.act_linear_add_(x, gate_up, layer.down)
         else:
             _add_linear_(x, K.silu_mul(gate_up), layer.down, None)
 

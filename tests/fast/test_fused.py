@@ -18,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 import decodekit
 from decodekit.fast import FastPath
+from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
 from decodekit.fast.attention import SlabView
 from decodekit.fast.fused import FusedLlama, fused_reason
@@ -66,8 +67,9 @@ def _count_calls(monkeypatch, names: tuple[str, ...]) -> dict[str, list[int]]:
     """Record the row count of each call of the kernels ``names`` that the fused step makes."""
     calls = {n: [] for n in names}
     for n in names:
-        fn = getattr(K, n)
-        monkeypatch.setattr(K, n, lambda x, *a, _fn=fn, _n=n, **kw: calls[_n].append(x.shape[0]) or _fn(x, *a, **kw))
+        mod = G if hasattr(G, n) else K
+        fn = getattr(mod, n)
+        monkeypatch.setattr(mod, n, lambda x, *a, _fn=fn, _n=n, **kw: calls[_n].append(x.shape[0]) or _fn(x, *a, **kw))
     return calls
 
 
@@ -86,7 +88,7 @@ def test_fused_logits_equal_transformers(name, mode, monkeypatch):
     kernels = mode != "torch"
     _kernels_or_skip(kernels)
     for name_, value in GEMV_MODES.get(mode, {}).items():
-        monkeypatch.setattr(K, name_, value)
+        monkeypatch.setattr(G, name_, value)
     calls = _count_calls(monkeypatch, ("norm_linear", "act_linear_add_", "linear_add_", "rms_norm"))
     model = MODELS[name]()
     reference = functools.partial(_step, model, torch.float32, decodekit.load(model, ByteTokenizer())._cache_kw)

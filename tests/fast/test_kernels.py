@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +143,7 @@ def test_norm_linear(dtype, bias, N, d, out, block_k):
     norm_w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(dtype)
     w = torch.randn(out, d, generator=g, device=DEVICE).to(dtype)
     b = torch.randn(out, generator=g, device=DEVICE).to(dtype) if bias else None
-    got = K.norm_linear(x, norm_w, EPS, w, b, block_k=block_k)  # [N, out]
+    got = G.norm_linear(x, norm_w, EPS, w, b, block_k=block_k)  # [N, out]
     want = F.linear(_norm_ref(x, norm_w), w.float(), None if b is None else b.float())
     assert got.shape == (N, out) and got.dtype == dtype
     assert _rel(got, want) < TOL[dtype]
@@ -156,7 +157,7 @@ def test_act_linear_add_(dtype, N, d, ff, block_k):
     x0 = x.clone()
     gate_up = _rows(N, 2 * ff, dtype, g)  # [N, 2 * ff]
     w = torch.randn(d, ff, generator=g, device=DEVICE).to(dtype)
-    assert K.act_linear_add_(x[:N], gate_up, w, block_k=block_k).data_ptr() == x.data_ptr()
+    assert G.act_linear_add_(x[:N], gate_up, w, block_k=block_k).data_ptr() == x.data_ptr()
     act = (F.silu(gate_up[:, :ff].float()) * gate_up[:, ff:].float()).to(dtype).float()  # silu_mul's rounding
     want = x0[:N].float() + act @ w.float().T
     assert _rel(x[:N], want) < TOL[dtype]
@@ -173,21 +174,21 @@ def test_linear_add_(dtype, bias):
     a = _rows(N, k, dtype, g)  # [N, k]
     w = torch.randn(d, k, generator=g, device=DEVICE).to(dtype)
     b = torch.randn(d, generator=g, device=DEVICE).to(dtype) if bias else None
-    assert K.linear_add_(x, a, w, b) is x
+    assert G.linear_add_(x, a, w, b) is x
     want = x0.float() + F.linear(a.float(), w.float(), None if b is None else b.float())
     assert _rel(x, want) < TOL[dtype]
 
 
 def test_gemv_limits(monkeypatch):
-    assert K.gemv_fits(K.GEMV_FIT_ROWS, 3072, 576) and not K.gemv_fits(K.GEMV_FIT_ROWS + 1, 3072, 576)
-    monkeypatch.setattr(K, "GEMV", False)
-    assert not K.gemv_fits(1, 960, 576)
-    assert not K.gemv_fits(1, 14336 * 2, 4096)  # the 8B model's gate/up keeps cuBLAS
-    x = torch.zeros(K.GEMV_MAX_ROWS + 1, 16, device=DEVICE)
+    assert G.gemv_fits(G.GEMV_FIT_ROWS, 3072, 576) and not G.gemv_fits(G.GEMV_FIT_ROWS + 1, 3072, 576)
+    monkeypatch.setattr(G, "GEMV", False)
+    assert not G.gemv_fits(1, 960, 576)
+    assert not G.gemv_fits(1, 14336 * 2, 4096)  # the 8B model's gate/up keeps cuBLAS
+    x = torch.zeros(G.GEMV_MAX_ROWS + 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="rows"):
-        K.norm_linear(x, torch.ones(16, device=DEVICE), EPS, torch.zeros(16, 16, device=DEVICE))
+        G.norm_linear(x, torch.ones(16, device=DEVICE), EPS, torch.zeros(16, 16, device=DEVICE))
     with pytest.raises(ValueError, match="dtype"):
-        K.linear_add_(x[:2], x[:2].bfloat16(), torch.zeros(16, 16, device=DEVICE))
+        G.linear_add_(x[:2], x[:2].bfloat16(), torch.zeros(16, 16, device=DEVICE))
 
 
 @pytest.mark.parametrize("split_k", [1, 2, 4])
@@ -203,11 +204,11 @@ def test_gemv_split_k_is_reproducible(split_k):
     act = F.silu(gate_up[:, :ff]) * gate_up[:, ff:]
     want = x + act @ w.T
     blocks = dict(block_o=8, block_k=32 if split_k > 1 else 128, split_k=split_k, num_warps=2)
-    once = K.act_linear_add_(x.clone(), gate_up, w, **blocks)
+    once = G.act_linear_add_(x.clone(), gate_up, w, **blocks)
     assert _rel(once, want) < TOL[torch.float32]
-    assert torch.equal(K.act_linear_add_(x.clone(), gate_up, w, **blocks), once)
+    assert torch.equal(G.act_linear_add_(x.clone(), gate_up, w, **blocks), once)
     norm_w = 1 + torch.randn(ff, generator=g, device=DEVICE)
-    normed = K.norm_linear(act, norm_w, EPS, w, block_o=4, block_k=32, split_k=split_k)  # [N, d]
+    normed = G.norm_linear(act, norm_w, EPS, w, block_o=4, block_k=32, split_k=split_k)  # [N, d]
     assert _rel(normed, F.linear(_norm_ref(act, norm_w), w)) < TOL[torch.float32]
     if split_k > 1:
         assert not K._tickets[x.device].any()  # reset for the next launch
@@ -217,9 +218,9 @@ def test_gemv_default_blocks():
     """The default launch: 4 outputs a program, the whole reduction in one block up to 2048 columns,
     split-K only for few output blocks over several reduction blocks."""
     w = torch.empty(960, 576)
-    grid, meta = K._gemv_launch(torch.empty(3, 960), w, torch.empty(3, 576), None, None, None, None)
+    grid, meta = G._gemv_launch(torch.empty(3, 960), w, torch.empty(3, 576), None, None, None, None)
     assert grid == (240, 1) and (meta["BO"], meta["BK"], meta["KS"], meta["BN"]) == (4, 1024, 1024, 4)
-    grid, meta = K._gemv_launch(torch.empty(1, 96), torch.empty(96, 8192), torch.empty(1, 8192), None, None, None, None)
+    grid, meta = G._gemv_launch(torch.empty(1, 96), torch.empty(96, 8192), torch.empty(1, 8192), None, None, None, None)
     assert grid == (24, 4) and (meta["BK"], meta["KS"], meta["SPLIT"]) == (2048, 2048, 4)
-    grid, meta = K._gemv_launch(torch.empty(1, 96), torch.empty(96, 300), torch.empty(1, 300), 8, 64, 1, 2)
+    grid, meta = G._gemv_launch(torch.empty(1, 96), torch.empty(96, 300), torch.empty(1, 300), 8, 64, 1, 2)
     assert grid == (12, 2) and (meta["KS"], meta["num_warps"]) == (192, 1)  # 5 blocks: 3 + 2

@@ -1,0 +1,261 @@
+"""Triton GEMV kernels for decode steps of small models, with what surrounds the projection inside.
+
+A decode step of a small model is launch-bound (:mod:`decodekit.fast.kernels`): a cuBLAS GEMV of
+SmolLM2's sizes takes ~3.5-7 us on an H200 for well under a microsecond of memory traffic, and the
+RMSNorm before it or the SiLU-and-mul before the down projection is one more ~2 us kernel. Here:
+
+* ``norm_linear``: RMSNorm and the following projection in one kernel (q/k/v, gate/up);
+* ``act_linear_add_``: SiLU-and-mul, the down projection and the residual addition in one;
+* ``linear_add_``: the projection and the residual addition (the output projection, where
+  :data:`GEMV_O_PROJ` says so).
+
+With ``rope_write`` and ``attend`` a decode step of a small model is 6 kernels per layer, not 9,
+each GEMV faster than cuBLAS's at one row (:data:`GEMV`; wider steps keep cuBLAS). No ``tl.dot``:
+each program owns a few output features, loads each weight tile once (contiguous along ``in``) and
+reduces it against every row in fp32; a long reduction may be split over programs, the last of
+which sums the partials in a fixed order (bitwise reproducible). Rounding as the kernels they
+replace: the activation rounded once to the weights' dtype, fp32 accumulation, one rounding of the
+output.
+
+Example:
+    >>> from decodekit.fast import gemv
+    >>> gemv.gemv_fits(1, 960, 576), gemv.gemv_fits(12, 960, 576)
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.fast.kernels import _pow2, _tickets_for, triton
+
+if triton is not None:
+    import triton.language as tl
+
+__all__ = ["norm_linear", "act_linear_add_", "linear_add_", "gemv_fits"]
+
+# the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Per call on
+# an H200 (bf16, cold L2, default blocks), against RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x
+# for SmolLM2's shapes (q/k/v 2.6 vs 4.9 us, down 3.4 vs 6.9 us, o 2.7 vs 3.7 us) and 0.8-1.15x for
+# Llama-3.2-1B's; at 4 rows 0.7-1.05x for SmolLM2's; at 16 rows 1.5-20x slower (each program's work
+# grows with the rows): so they take decode steps of up to GEMV_FIT_ROWS tokens, verify steps keep cuBLAS
+GEMV = True
+GEMV_FIT_ROWS = 4  # tokens per call (rows x step width) up to which gemv_fits chooses them
+GEMV_MAX_ROWS = 16  # the most tokens per call the kernels take: each program keeps [rows, block_o] sums
+GEMV_BLOCK_K = 2048  # the default reduction block's largest size (a whole reduction up to it)
+GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest weight they take; larger ones keep cuBLAS
+GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr):
+        """The activation ``[BN, BK]`` of rows ``n`` at columns ``k``, rounded to w's dtype as the kernels
+        the GEMV kernels replace round it (rms_norm, silu_mul), then in fp32."""
+        m = nm[:, None] & km[None, :]
+        src = a + n[:, None] * s_a + k[None, :]
+        v = tl.load(src, mask=m, other=0.0).to(tl.float32)
+        if NORM:  # a = x: the normalised rows times the norm weight (r: each row's 1 / rms)
+            gk = tl.load(g + k, mask=km, other=0.0).to(tl.float32)
+            v = (v * r[:, None] * gk[None, :]).to(w.dtype.element_ty)
+        elif ACT:  # a = [gate | up], K = ff
+            up = tl.load(src + K, mask=m, other=0.0).to(tl.float32)
+            v = (v / (1.0 + tl.exp(-v)) * up).to(w.dtype.element_ty)
+        return v.to(tl.float32)
+
+    @triton.jit
+    def _gemv_store(acc, bias, out, n, nm, o, om, s_out, ADD: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """``out[n, o] (+)= acc [BN, BO] (+ bias[o])``: added in fp32, rounded once."""
+        if HAS_BIAS:
+            acc += tl.load(bias + o, mask=om, other=0.0).to(tl.float32)[None, :]
+        m = nm[:, None] & om[None, :]
+        dst = out + n[:, None] * s_out + o[None, :]  # each program owns its columns of out: no race
+        if ADD:
+            acc += tl.load(dst, mask=m, other=0.0).to(tl.float32)
+        tl.store(dst, acc.to(out.dtype.element_ty), mask=m)
+
+    # N: one compile per power of two of the rows; the reduction length is a constexpr (the
+    # interpreter cannot loop to a runtime bound; one compile per weight width anyway)
+    @triton.jit(do_not_specialize=["N"])
+    def _gemv_kernel(a, g, w, bias, out, part, tickets, N, OUT, eps, s_a, s_w, s_out,
+                     K: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr, NORM: tl.constexpr,
+                     ACT: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr,
+                     BO: tl.constexpr, BK: tl.constexpr):
+        """``out (+)= act(a) @ w.T (+ bias)`` for the rows of ``a``: no ``tl.dot``. Program (i, s) owns
+        output features ``i * BO ..`` and reduction columns ``s * KS .. s * KS + KS - 1``; each weight
+        tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and used for all ``BN`` rows."""
+        po = tl.program_id(0)
+        ks = tl.program_id(1)
+        o = po * BO + tl.arange(0, BO)  # [BO]: this program's output features
+        om = o < OUT
+        n = tl.arange(0, BN)  # [BN]: rows, the first N real
+        nm = n < N
+        r = tl.zeros([BN], tl.float32)
+        if NORM:  # each row's sum of squares over all of d (x is a few rows, L2-resident)
+            ss = tl.zeros([BN], tl.float32)
+            for k0 in range(0, K, BK):
+                k = k0 + tl.arange(0, BK)
+                v = tl.load(a + n[:, None] * s_a + k[None, :], mask=nm[:, None] & (k < K)[None, :], other=0.0)
+                v = v.to(tl.float32)
+                ss += tl.sum(v * v, 1)
+            r = tl.rsqrt(ss / K + eps)
+        acc = tl.zeros([BN, BO], tl.float32)
+        for k0 in range(0, KS, BK):
+            k = ks * KS + k0 + tl.arange(0, BK)  # [BK]
+            km = k < K
+            v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
+            wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)  # [BO, BK]
+            acc += tl.sum(v[:, None, :] * wt.to(tl.float32)[None, :, :], 2)  # [BN, BO]; exact bf16 products
+        if SPLIT > 1:  # split-K: partials [SPLIT, BN, OUT]; the last program of output block po sums them
+            pm = nm[:, None] & om[None, :]
+            tl.store(part + (ks * BN + n[:, None]) * OUT + o[None, :], acc, mask=pm)
+            tl.debug_barrier()  # every thread's partial stores are issued before the ticket
+            ticket = tl.atomic_add(tickets + po, 1, sem="acq_rel", scope="gpu")
+            if ticket == SPLIT - 1:
+                tot = tl.zeros([BN, BO], tl.float32)
+                for j in range(SPLIT):  # in split order, whoever finishes last: bitwise reproducible
+                    # .cg: read from L2, not a stale L1 line (other programs wrote the partials)
+                    tot += tl.load(part + (j * BN + n[:, None]) * OUT + o[None, :], mask=pm, other=0.0,
+                                   cache_modifier=".cg")
+                _gemv_store(tot, bias, out, n, nm, o, om, s_out, ADD, HAS_BIAS)
+                tl.atomic_xchg(tickets + po, 0, sem="relaxed", scope="gpu")  # reset for the next launch
+        else:
+            _gemv_store(acc, bias, out, n, nm, o, om, s_out, ADD, HAS_BIAS)
+
+
+def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
+    """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
+    suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode steps,
+    :data:`GEMV_FIT_ROWS`) and a small weight (:data:`GEMV_MAX_ELEMENTS`), where :data:`GEMV` is
+    on. Prefill, verify steps and large models keep cuBLAS.
+
+    Example:
+        >>> gemv_fits(1, 960, 576), gemv_fits(12, 960, 576), gemv_fits(1, 28672, 4096)
+        (True, False, False)
+    """
+    return GEMV and tokens <= GEMV_FIT_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
+
+
+def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,
+                 block_k: int | None, num_warps: int | None, split_k: int | None) -> tuple[tuple[int, int], dict]:
+    """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
+
+    Default rule, from an H200 sweep (bf16, cold L2) of SmolLM2-135M's and Llama-3.2-1B's shapes at
+    1, 4 and 16 rows: 4 output features a program, however many programs that makes; the whole
+    reduction in one block up to 2048 columns (blocks of 2048 past that); split-K only where the
+    output blocks are fewer than 128 and the reduction takes several blocks; 4 warps. Smaller
+    reduction blocks, more outputs a program and split-K were slower or within a few percent.
+    """
+    N = x.shape[0]
+    out_features, in_features = weight.shape
+    if N > GEMV_MAX_ROWS:
+        raise ValueError(f"decodekit.fast: {N} rows for a GEMV kernel (at most {GEMV_MAX_ROWS})")
+    if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:
+        raise ValueError("decodekit.fast: GEMV kernels need one dtype and contiguous last dims")
+    block_o = block_o or 4
+    block_k = block_k or min(_pow2(in_features), GEMV_BLOCK_K)
+    blocks_o, blocks_k = triton.cdiv(out_features, block_o), triton.cdiv(in_features, block_k)
+    if split_k is None:
+        split_k = max(1, min(blocks_k, 128 // blocks_o))
+    ks = triton.cdiv(blocks_k, min(split_k, blocks_k)) * block_k  # reduction columns a program, whole blocks
+    split_k = triton.cdiv(in_features, ks)
+    num_warps = num_warps or 4
+    return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=_pow2(N), BO=block_o, BK=block_k,
+                                     num_warps=num_warps)
+
+
+def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
+          out: torch.Tensor, norm: bool, act: bool, add: bool, blocks: dict) -> torch.Tensor:
+    """Launch :func:`_gemv_kernel`: ``out [N, out_features] (+)= act(a) @ weight.T (+ bias)``."""
+    grid, meta = _gemv_launch(out, weight, a, **blocks)
+    part = tickets = weight  # unused without split-K
+    if meta["SPLIT"] > 1:
+        part = torch.empty(meta["SPLIT"], meta["BN"], out.shape[1], dtype=torch.float32, device=out.device)
+        tickets = _tickets_for(out.device, grid[0])
+    _gemv_kernel[grid](a, weight if g is None else g, weight, weight if bias is None else bias, out, part, tickets,
+                       out.shape[0], weight.shape[0], eps, a.stride(0), weight.stride(0), out.stride(0),
+                       NORM=norm, ACT=act, ADD=add, HAS_BIAS=bias is not None, **meta)
+    return out
+
+
+def norm_linear(
+    x: torch.Tensor,  # [N, d], N <= GEMV_MAX_ROWS
+    norm_weight: torch.Tensor,  # [d]
+    eps: float,
+    weight: torch.Tensor,  # [out, d], x's dtype
+    bias: torch.Tensor | None = None,  # [out]
+    *,
+    block_o: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:  # [N, out]
+    """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` in one kernel.
+
+    Rounds as :func:`rms_norm` then ``F.linear`` do: the normalised rows in fp32 times
+    ``norm_weight``, once to x's dtype; the products accumulate in fp32 and round once. One program
+    per ``block_o`` output features (and per ``split_k`` part of ``d``) takes every row: it first
+    sums each row's squares over all of ``d``, then walks ``d`` in blocks of ``block_k`` (one block
+    when ``d`` fits), loading each weight tile once for all rows (no ``tl.dot``). For a few rows and
+    a small weight (:func:`gemv_fits`); the keyword arguments are for benchmarks (defaults:
+    :func:`_gemv_launch`).
+
+    Example:
+        >>> x = torch.randn(3, 576, device="cuda", dtype=torch.bfloat16)           # doctest: +SKIP
+        >>> w = torch.randn(960, 576, device="cuda", dtype=torch.bfloat16)         # doctest: +SKIP
+        >>> norm_linear(x, torch.ones(576, device="cuda"), 1e-5, w).shape          # doctest: +SKIP
+        torch.Size([3, 960])
+    """
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
+    return _gemv(x, norm_weight, eps, weight, bias, out, True, False, False, blocks)
+
+
+def act_linear_add_(
+    x: torch.Tensor,  # [N, d], updated in place; N <= GEMV_MAX_ROWS
+    gate_up: torch.Tensor,  # [N, 2 * ff]: gate, then up
+    weight: torch.Tensor,  # [d, ff]
+    *,
+    block_o: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:  # x
+    """``x += (silu(gate) * up) @ weight.T`` in place, in one kernel: the MLP's end and its residual.
+
+    The activation rounds to x's dtype as :func:`silu_mul` does (each program activates only its
+    own ``[N, block_k]`` chunks, once); the products accumulate in fp32, are added to x in fp32 and
+    round once (as ``x.addmm_``). With ``split_k`` > 1 the last program of each output block sums
+    the fp32 partials in a fixed order (an atomic ticket): reproducible bit for bit. Blocks as
+    :func:`norm_linear`.
+
+    Example:
+        >>> x = torch.randn(1, 576, device="cuda", dtype=torch.bfloat16)            # doctest: +SKIP
+        >>> gate_up = torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16)     # doctest: +SKIP
+        >>> down = torch.randn(576, 1536, device="cuda", dtype=torch.bfloat16)      # doctest: +SKIP
+        >>> act_linear_add_(x, gate_up, down) is x                                  # doctest: +SKIP
+        True
+    """
+    if gate_up.shape[1] != 2 * weight.shape[1]:
+        raise ValueError(f"decodekit.fast: gate_up {tuple(gate_up.shape)} for a weight {tuple(weight.shape)}")
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
+    return _gemv(gate_up, None, 0.0, weight, None, x, False, True, True, blocks)
+
+
+def linear_add_(
+    x: torch.Tensor,  # [N, d], updated in place; N <= GEMV_MAX_ROWS
+    a: torch.Tensor,  # [N, k]
+    weight: torch.Tensor,  # [d, k]
+    bias: torch.Tensor | None = None,  # [d]
+    *,
+    block_o: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:  # x
+    """``x += a @ weight.T (+ bias)`` in place, in one kernel (the output projection and its residual;
+    the fused step uses it when :data:`GEMV_O_PROJ`). Rounds once, as ``x.addmm_``; blocks as
+    :func:`act_linear_add_`."""
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
+    return _gemv(a, None, 0.0, weight, bias, x, False, False, True, blocks)
