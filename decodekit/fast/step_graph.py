@@ -73,13 +73,20 @@ class Plan(Protocol):
 
 
 class TokenPlan:
-    """Greedy / sampling: one token per row (the strategy's ``step`` finds the logits in place)."""
+    """Greedy / sampling: one token per row (the strategy's ``step`` finds the logits in place).
+
+    With Triton on the state's device and stopping by EOS / length only, clip / append / update
+    and the next inputs are one kernel (:func:`~decodekit.fast.token_step.finish_step`); else the
+    loop's own step function ``body`` runs."""
 
     width = 1
 
-    def __init__(self, strategy, stopping, body: Callable[[], None]):
-        fused = TOKEN_STEP and not (stopping.stop_strings or stopping.criteria)
-        self.strategy, self.stopping, self.body, self.fused = strategy, stopping, body, fused
+    def __init__(self, strategy, state: DecodeState, stopping, body: Callable[[], None]):
+        device = state.done.device
+        self.strategy, self.body = strategy, body
+        self.fused = (TOKEN_STEP and kernel_reason(device) is None
+                      and not (stopping.stop_strings or stopping.criteria))
+        self.eos = torch.tensor(list(stopping.eos_token_ids), dtype=torch.long, device=device)  # [n_eos]
 
     def feed(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
         return state.pending[:, None], torch.ones_like(state.pending)[:, None]
@@ -88,20 +95,15 @@ class TokenPlan:
         n = state.rows
         state.next_logits = logits[:, -1]  # [rows, vocab]
         pending, state.pending = state.pending, None  # fed by the forward just replayed
-        if self.fused and kernel_reason(state.done.device) is None:  # the step, then one kernel
+        if self.fused:  # the strategy's step, then one kernel
             out = self.strategy.step(state)
             state.pending = pending  # finish_step updates it in place
-            finish_step(state, out, self._eos(state), ids_in, write, mask)
+            finish_step(state, out, self.eos, ids_in, write, mask)
         else:
             self.body()
             ids_in[:n, 0].copy_(state.pending)
             write.add_(1)
             mask.index_fill_(1, write, 1)
-
-    def _eos(self, state: DecodeState) -> torch.Tensor:  # [n_eos] long
-        if self.stopping.eos_token_ids:
-            return self.stopping._eos_on(state.done.device)
-        return torch.zeros(0, dtype=torch.long, device=state.done.device)
 
 
 class _NotCapturable(Exception):

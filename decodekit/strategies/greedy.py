@@ -43,7 +43,7 @@ class Greedy(Strategy):
 
     def graph_plan(self, state: DecodeState, stopping, body) -> TokenPlan | None:
         """The whole step from CUDA graphs (:mod:`decodekit.fast.step_graph`), without processors."""
-        return None if self.processors else TokenPlan(self, stopping, body)
+        return None if self.processors else TokenPlan(self, state, stopping, body)
 
     def __init__(self, config: GreedyConfig | None = None, **options):
         super().__init__(config, **options)

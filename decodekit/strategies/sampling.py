@@ -56,7 +56,7 @@ class Sample(Strategy):
 
     def graph_plan(self, state: DecodeState, stopping, body) -> TokenPlan | None:
         """The whole step from CUDA graphs (:mod:`decodekit.fast.step_graph`), without processors."""
-        return None if self.processors else TokenPlan(self, stopping, body)
+        return None if self.processors else TokenPlan(self, state, stopping, body)
 
     def __init__(self, config: SampleConfig | None = None, **options):
         super().__init__(config, **options)

@@ -15,14 +15,14 @@ replays it from graphs (:mod:`decodekit.fast.step_graph`):
 
 Greedy verification only (its output equals greedy decoding), without processors, single chains.
 Used when the lagged stop check is on (CUDA) and ``adaptive=False`` (a fixed width): e.g.
-``decodekit.generate(lm, passage, "prompt_lookup", adaptive=False, draft_tokens=8)``.
+``decodekit.generate(lm, passage, "prompt_lookup", adaptive=False, draft_tokens=4)``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from decodekit.state import DecodeState, StepOutput
+from decodekit.state import DecodeState
 from decodekit.strategies.speculative.proposer import DraftContext
 from decodekit.strategies.speculative.verify import greedy_verify
 
@@ -37,12 +37,13 @@ class LookupPlan:
     Args:
         strategy: the :class:`~.strategy.DraftVerify` (greedy verification, no processors).
         state: the decode's state after ``init`` (its proposer and counters in ``state.extra``).
-        stopping, body: the loop's stopping rules and ordinary step (``body`` is not used: the tail
-            calls clip / append / update itself).
+        stopping: the loop's stopping rules (the tail runs the strategy's verification, then clip /
+            append / update, not the loop's step function: that would run the ordinary step).
+        run: the decode's counters (``.strategy._Run``): the device counters reach it at ``finalize``.
     """
 
     def __init__(self, strategy, state: DecodeState, stopping, run):
-        self.strategy, self.stopping, self.run = strategy, stopping, run
+        self.strategy, self.stopping = strategy, stopping
         self.proposer = state.extra["_spec_proposer"]
         self.k = strategy.config.draft_tokens
         self.width = self.k + 1
@@ -77,9 +78,7 @@ class LookupPlan:
         has = active & (self.count > 0)  # [rows]
         self.stats.add_(torch.stack([accepted.sum(), torch.where(has, self.count, 0).sum(), has.sum(),
                                      active.sum(), torch.full_like(accepted[0], n)]))
-        logprobs = torch.log_softmax(logits, -1).gather(-1, v.tokens[..., None])[..., 0]  # [rows, T]
-        state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
-        out = self.stopping.clip(state, StepOutput(v.tokens, accepted + 1, logprobs, logits, cached=accepted))
+        out = self.stopping.clip(state, self.strategy.emitted(state, logits, v.tokens, accepted))
         state.append(out)
         self.stopping.update(state)
         if state.attention_mask is not full:  # append masked clipped drafts' columns: into the slab's mask

@@ -176,9 +176,18 @@ class DraftVerify(Strategy):
             widths.keep(draft, accepted, active)  # read with the next step's sync
         else:
             self._account(state, run, draft.count, draft.count if tree is None else tree.longest, accepted, active)
-        logprobs = torch.log_softmax(logits, -1).gather(-1, v.tokens[..., None])[..., 0]  # [rows, k + 1]
+        return self.emitted(state, logits, v.tokens, accepted)
+
+    @staticmethod
+    def emitted(state: DecodeState, logits: torch.Tensor, tokens: torch.Tensor,
+                accepted: torch.Tensor) -> StepOutput:
+        """The step's output: each row's ``accepted [rows]`` drafts and the target's next token
+        (``tokens [rows, k + 1]``), with their log-probs under ``logits [rows, k + 1, V]``; the
+        logits after the last accepted draft become ``state.next_logits``. The accepted drafts are
+        in the cache (``cached``); the last token is pending."""
+        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]  # [rows, k + 1]
         state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
-        return StepOutput(v.tokens, accepted + 1, logprobs, logits, cached=accepted)
+        return StepOutput(tokens, accepted + 1, logprobs, logits, cached=accepted)
 
     def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
         """Finished rows leave the batch: the width picker's held verification (counted now), per-row
