@@ -5,10 +5,12 @@ capture and (with an empty Triton cache) compiling decodekit's Triton kernels. P
 ``TRITON_CACHE_DIR`` at an empty folder to measure a machine's very first call::
 
     TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/first_call.py
+    TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/first_call.py --no-precompile   # one compile at a time
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,14 @@ import decodekit  # noqa: E402
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-precompile", action="store_true",
+                    help="compile each Triton kernel on its first launch (decodekit.fast.precompile.PRECOMPILE=False)")
+    args = ap.parse_args()
+    if args.no_precompile:
+        import decodekit.fast.precompile as P
+
+        P.PRECOMPILE = False
     B.SHAPES["smol"] = SMOL
     lm = decodekit.load(B.random_model("smol"), B.IdTokenizer())
     prompt = [list(range(100, 140))]
@@ -33,7 +43,8 @@ def main() -> None:
         gen = decodekit.generate(lm, prompt, "greedy", max_new_tokens=96, eos_token_id=lm.vocab_size - 1)
         torch.cuda.synchronize()
         print(f"{attempt}: {time.perf_counter() - t0:.2f} s (prefill {gen.stats.prefill_time_s:.2f} s, "
-              f"graph capture so far {lm.fast.capture_s:.2f} s, kernels={lm.fast.kernels})", flush=True)
+              f"graph capture so far {lm.fast.capture_s:.2f} s, precompile {lm.fast.precompile_s:.2f} s, "
+              f"kernels={lm.fast.kernels})", flush=True)
 
 
 if __name__ == "__main__":

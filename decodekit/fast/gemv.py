@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.kernels import _pow2, _tickets_for, triton
+from decodekit.fast.kernels import _pow2, _tickets_for, launch, triton
 
 if triton is not None:
     import triton.language as tl
@@ -173,9 +173,9 @@ def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Ten
     if meta["SPLIT"] > 1:
         part = torch.empty(meta["SPLIT"], meta["BN"], out.shape[1], dtype=torch.float32, device=out.device)
         tickets = _tickets_for(out.device, grid[0])
-    _gemv_kernel[grid](a, weight if g is None else g, weight, weight if bias is None else bias, out, part, tickets,
-                       out.shape[0], weight.shape[0], eps, a.stride(0), weight.stride(0), out.stride(0),
-                       NORM=norm, ACT=act, ADD=add, HAS_BIAS=bias is not None, **meta)
+    launch(_gemv_kernel, grid, a, weight if g is None else g, weight, weight if bias is None else bias, out, part,
+           tickets, out.shape[0], weight.shape[0], eps, a.stride(0), weight.stride(0), out.stride(0),
+           NORM=norm, ACT=act, ADD=add, HAS_BIAS=bias is not None, **meta)
     return out
 
 

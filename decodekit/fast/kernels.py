@@ -41,7 +41,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-__all__ = ["kernel_reason", "rms_norm", "rope_write", "attend", "attend_fits", "silu_mul"]
+__all__ = ["kernel_reason", "launch", "rms_norm", "rope_write", "attend", "attend_fits", "silu_mul"]
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
@@ -58,6 +58,19 @@ def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
     if device.type != "cuda" and not (interpret and os.environ.get("TRITON_INTERPRET") == "1"):
         return "Triton kernels need CUDA (or TRITON_INTERPRET=1 and kernels=True)"
     return None
+
+
+COMPILE_ONLY = False  # set by decodekit.fast.precompile: launches compile their kernel and run nothing
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
+    """``kernel[grid](*args, **meta)``; while :data:`COMPILE_ONLY` (:mod:`decodekit.fast.precompile`),
+    only the compile of the kernel that this call would launch (Triton's ``warmup``), which an active
+    ``triton.AsyncCompileMode`` sends to its thread pool."""
+    if COMPILE_ONLY:
+        kernel.warmup(*args, grid=grid, **meta)
+    else:
+        kernel[grid](*args, **meta)
 
 
 def _pow2(n: int) -> int:
@@ -196,8 +209,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     N, D = x.shape
     out = torch.empty_like(x)
     block = _pow2(D)
-    _rms_norm_kernel[(N,)](x, weight, out, D, eps, x.stride(0), out.stride(0), BLOCK=block,
-                           num_warps=4 if block <= 2048 else 8)
+    launch(_rms_norm_kernel, (N,), x, weight, out, D, eps, x.stride(0), out.stride(0), BLOCK=block,
+           num_warps=4 if block <= 2048 else 8)
     return out
 
 
@@ -216,8 +229,8 @@ def rope_write(
     N = qkv.shape[0]
     T = write.shape[0]
     q = torch.empty(N, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-    _rope_write_kernel[(N, heads + kv_heads)](
-        qkv, cos, sin, write, keys, values, q, T,
+    launch(
+        _rope_write_kernel, (N, heads + kv_heads), qkv, cos, sin, write, keys, values, q, T,
         qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), q.stride(0), q.stride(1),
         H=heads, KVH=kv_heads, HD=head_dim, BLOCK_D=_pow2(head_dim), num_warps=1)
@@ -281,15 +294,15 @@ def attend(
     part_o = torch.empty(N, kvh, sp, gp, block_d, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
     tickets = _tickets_for(q.device, N * kvh) if last_combines else part_m
-    _attend_split_kernel[(N, kvh, S)](
-        q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, write.shape[0], S, scale,
+    launch(
+        _attend_split_kernel, (N, kvh, S), q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, write.shape[0], S, scale,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), mask.stride(0), out.stride(0), out.stride(1),
         G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb, LAST_COMBINES=last_combines,
         num_warps=4)
     if not last_combines:
-        _attend_reduce_kernel[(N, kvh)](part_m, part_l, part_o, out, S, out.stride(0), out.stride(1),
-                                        G=g, GP=gp, HD=hd, BLOCK_D=block_d, SP=sp, RB=rb, num_warps=4)
+        launch(_attend_reduce_kernel, (N, kvh), part_m, part_l, part_o, out, S, out.stride(0), out.stride(1),
+               G=g, GP=gp, HD=hd, BLOCK_D=block_d, SP=sp, RB=rb, num_warps=4)
     return out
 
 
@@ -299,6 +312,6 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     ff = two_ff // 2
     out = torch.empty(N, ff, dtype=gate_up.dtype, device=gate_up.device)
     block = min(_pow2(ff), 2048)
-    _silu_mul_kernel[(N, triton.cdiv(ff, block))](gate_up, out, ff, gate_up.stride(0), out.stride(0),
-                                                  BLOCK=block, num_warps=4)
+    launch(_silu_mul_kernel, (N, triton.cdiv(ff, block)), gate_up, out, ff, gate_up.stride(0), out.stride(0),
+           BLOCK=block, num_warps=4)
     return out

@@ -116,12 +116,15 @@ class FastPath:
             self.step_fn = torch.compile(self.eager_fn, mode=mode, dynamic=False)
         self.slabs: dict[int, list[Slab]] = {}  # bucket -> slabs
         self.capture_s = 0.0  # total seconds spent warming up and capturing graphs
+        self.precompile_s = 0.0  # total seconds spent compiling Triton kernels ahead (decodekit.fast.precompile)
         self.captures = 0
         self.graph_steps = 0  # loop steps replayed whole from graphs (decodekit.fast.step_graph)
 
     def __repr__(self) -> str:
         n = sum(len(v) for v in self.slabs.values())
-        return f"FastPath(capture={self.capture}, fused={self.fused}, kernels={self.kernels}, step_graphs={self.step_graphs}, slabs={n}, captures={self.captures}, capture_s={self.capture_s:.2f})"
+        return (f"FastPath(capture={self.capture}, fused={self.fused}, kernels={self.kernels}, "
+                f"step_graphs={self.step_graphs}, slabs={n}, captures={self.captures}, "
+                f"capture_s={self.capture_s:.2f}, precompile_s={self.precompile_s:.2f})")
 
     def new_cache(self):
         """An empty :class:`~decodekit.fast.cache.FastCache` (it leases a slab on its first forward)."""

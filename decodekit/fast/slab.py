@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from decodekit.fast.attention import SlabView
+from decodekit.fast.precompile import precompile
 
 __all__ = ["Slab", "bucket"]
 
@@ -74,6 +75,7 @@ class Slab:
         self.order = torch.zeros(rows, dtype=torch.long, device=dev)  # [rows] static row-gather index
         self.reorders: dict[int, torch.cuda.CUDAGraph] = {}  # n -> captured in-place gather
         self.leased = False
+        self.precompiled = False  # its Triton kernels compiled ahead (decodekit.fast.precompile)
 
     @torch.inference_mode()
     def take_rows(self, src: "Slab", index: torch.Tensor, cols: int) -> None:
@@ -126,6 +128,9 @@ class Slab:
         """One forward of ``T`` new tokens at columns ``start .. start + T - 1`` (the mask is loaded)."""
         n, T = ids.shape
         last_only = last_only and T > 1
+        if not self.precompiled:  # the first forward and the decode step's kernels, compiled at once
+            self.precompiled = True
+            self.path.precompile_s += precompile(self.path, self, [T, 1])
         if hidden or T > self.path.max_graph_tokens:
             full = torch.full((self.rows, T), self.path.pad_id, dtype=torch.long, device=ids.device)
             full[:n] = ids

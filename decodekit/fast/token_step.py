@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.kernels import kernel_reason, triton
+from decodekit.fast.kernels import kernel_reason, launch, triton
 from decodekit.state import FINISH_CODES, DecodeState, StepOutput
 
 if triton is not None:
@@ -102,9 +102,9 @@ def finish_step(
             raise ValueError(f"state.{name} must be contiguous")
     B = mask.shape[0]
     n_eos = eos_ids.numel()
-    _finish_kernel[(1,)](
-        out.tokens, out.logprobs, out.count, state.done, state.n_new, state.limit, state.ids, state.logprobs,
-        state.pending, state.finish_codes, eos_ids if n_eos else state.limit, ids_in, write, mask,
+    launch(
+        _finish_kernel, (1,), out.tokens, out.logprobs, out.count, state.done, state.n_new, state.limit, state.ids,
+        state.logprobs, state.pending, state.finish_codes, eos_ids if n_eos else state.limit, ids_in, write, mask,
         rows, B, n_eos, state.prompt_width, out.tokens.stride(0), out.logprobs.stride(0), state.ids.stride(0),
         state.logprobs.stride(0), ids_in.stride(0), mask.stride(0),
         EOS_CODE=_EOS, LENGTH_CODE=_LENGTH, BLOCK_R=triton.next_power_of_2(rows),

@@ -1,0 +1,67 @@
+"""Compile a slab's Triton kernels concurrently, before its first forward launches them one by one.
+
+Triton compiles a kernel on its first launch with a new specialisation, one compile after the
+other: on a machine whose Triton cache (``~/.triton/cache`` or ``TRITON_CACHE_DIR``) is empty, the
+first decode of a small model waits for about a dozen of them (the prefill's RMSNorm, rotary and
+attention kernels, then the decode step's GEMV kernels), a few tenths of a second each. On a new
+slab (:class:`~decodekit.fast.slab.Slab`) :func:`precompile` runs the fused forward once per
+width with every Triton launch replaced by its compile only (:data:`decodekit.fast.kernels.COMPILE_ONLY`)
+inside ``triton.AsyncCompileMode``, which sends the compiles to a thread pool; the forwards that
+follow find the kernels compiled. The dry forwards leave the slab as it was: with the kernels on,
+every write into the cache is a Triton kernel's, and none runs.
+
+Widths: the slab's first forward (usually the prefill) and a one-token decode step. Others (verify
+widths, more rows) compile on first use as before. Where the kernels are already in Triton's cache
+a precompile costs the two dry forwards' host time (a few ms for the default model).
+
+Example:
+    >>> lm = decodekit.load(device="cuda", dtype="bfloat16")                # doctest: +SKIP
+    >>> decodekit.generate(lm, "Hi", max_new_tokens=8)                       # doctest: +SKIP
+    >>> lm.fast.precompile_s         # seconds spent compiling ahead of the forwards  # doctest: +SKIP
+    0.61
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from decodekit.fast import kernels as K
+from decodekit.fast.attention import SlabView
+
+__all__ = ["precompile", "PRECOMPILE"]
+
+PRECOMPILE = True  # False: kernels compile on their first launch, one at a time
+WORKERS = 16  # compile threads at most (and at most the machine's cores)
+
+
+@torch.no_grad()
+def precompile(path, slab, widths: list[int]) -> float:
+    """Compile the Triton kernels that forwards of each of ``widths`` new tokens over ``slab`` will
+    launch, concurrently; returns the seconds it took. Does nothing (0.0) unless the path's fused
+    forward uses Triton kernels on CUDA and :data:`PRECOMPILE` is on. A failed compile is reported
+    as a warning: the forward then compiles (and reports) it again on its own launch."""
+    if not (PRECOMPILE and path.kernels and path.fused and path.device.type == "cuda"):
+        return 0.0
+    t0 = time.perf_counter()
+    workers = max(1, min(WORKERS, os.cpu_count() or 1))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="decodekit-compile") as pool:
+            with K.triton.AsyncCompileMode(pool):
+                K.COMPILE_ONLY = True
+                try:
+                    for T in dict.fromkeys(widths):  # in order, once each
+                        T = min(T, slab.capacity)
+                        ids = torch.full((slab.rows, T), path.pad_id, dtype=torch.long, device=path.device)
+                        write = slab.cols[:T]  # [T]
+                        path.eager_fn(slab.mask, slab.cols, ids, write, SlabView(slab.kv, write), T > 1, False)
+                finally:
+                    K.COMPILE_ONLY = False
+    except Exception as e:  # noqa: BLE001 - never fatal here: the real launch compiles again
+        warnings.warn(f"decodekit.fast: compiling the Triton kernels ahead failed ({e!r}); "
+                      "they compile on first launch", RuntimeWarning, stacklevel=2)
+    return time.perf_counter() - t0

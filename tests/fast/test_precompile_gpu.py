@@ -1,0 +1,68 @@
+"""Compiling a slab's Triton kernels ahead (decodekit.fast.precompile): complete and side-effect free.
+
+On a GPU only. After the precompile of a new slab, its prefill and decode forwards must compile no
+further kernel (Triton's in-memory kernel caches do not grow), the slab's cache and mask must be
+untouched by the dry forwards, and the tokens must equal those of a decode that compiled its
+kernels on first launch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import decodekit
+import decodekit.fast.precompile as P
+from decodekit.fast import FastPath
+from decodekit.fast import gemv as G
+from decodekit.fast import kernels as K
+from tests.toy import ByteTokenizer, tiny_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+KERNELS = [K._rms_norm_kernel, K._rope_write_kernel, K._attend_split_kernel, K._silu_mul_kernel, G._gemv_kernel]
+
+
+def _compiled() -> int:
+    """Kernels compiled in this process so far (every specialisation of decodekit's forward kernels)."""
+    return sum(len(cache[0]) for k in KERNELS for cache in k.device_caches.values())
+
+
+@pytest.fixture()
+def lm():
+    return decodekit.load(tiny_model(seed=3).to("cuda", torch.bfloat16), ByteTokenizer())
+
+
+def test_precompile_covers_prefill_and_decode(lm):
+    lm.fast = FastPath(lm, headroom=200)  # a capacity no other test used: new specialisations
+    assert lm.fast.kernels
+    lease = lm.fast.lease(1, 333)
+    slab = lease.slab
+    for k in KERNELS:  # forget this process's compiled kernels (they load again from Triton's disk cache)
+        k.device_caches.clear()
+    before = _compiled()
+    kv = [t.clone() for t in slab.kv]
+    mask = slab.mask.clone()
+    assert P.precompile(lm.fast, slab, [23, 1]) > 0
+    assert _compiled() > before, "the precompile compiled nothing"
+    assert all(torch.equal(a, b) for a, b in zip(kv, slab.kv)) and torch.equal(mask, slab.mask)
+    after = _compiled()
+    slab.precompiled = True
+    ids = torch.randint(5, 200, (1, 23), device="cuda")
+    slab.mask[:1, :23] = 1
+    slab.run(ids, 0, True, False)  # prefill
+    slab.mask[:1, 23] = 1
+    slab.run(ids[:, :1], 23, False, False)  # a decode step (captures its graph)
+    assert _compiled() == after, "a forward compiled a kernel the precompile missed"
+
+
+def test_tokens_equal_without_precompile(lm, monkeypatch):
+    prompts = ["Hello there", "The quick brown fox"]
+    lm.fast = FastPath(lm, headroom=300)
+    on = decodekit.generate(lm, prompts, max_new_tokens=24)
+    assert lm.fast.precompile_s > 0
+    monkeypatch.setattr(P, "PRECOMPILE", False)
+    lm.fast = FastPath(lm, headroom=300)
+    off = decodekit.generate(lm, prompts, max_new_tokens=24)
+    assert lm.fast.precompile_s == 0
+    assert on.token_ids == off.token_ids and on.logprobs == off.logprobs
