@@ -11,6 +11,8 @@ capture and (with an empty Triton cache) compiling decodekit's Triton kernels. P
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-precompile", action="store_true",
                     help="compile each Triton kernel on its first launch (decodekit.fast.precompile.PRECOMPILE=False)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="cProfile the first call and print its N most expensive functions (cumulative)")
     args = ap.parse_args()
     if args.no_precompile:
         import decodekit.fast.precompile as P
@@ -40,8 +44,14 @@ def main() -> None:
     for attempt in ("first call", "second call"):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
+        prof = cProfile.Profile() if args.profile and attempt == "first call" else None
+        if prof is not None:
+            prof.enable()
         gen = decodekit.generate(lm, prompt, "greedy", max_new_tokens=96, eos_token_id=lm.vocab_size - 1)
         torch.cuda.synchronize()
+        if prof is not None:
+            prof.disable()
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile)
         print(f"{attempt}: {time.perf_counter() - t0:.2f} s (prefill {gen.stats.prefill_time_s:.2f} s, "
               f"graph capture so far {lm.fast.capture_s:.2f} s, precompile {lm.fast.precompile_s:.2f} s, "
               f"kernels={lm.fast.kernels})", flush=True)

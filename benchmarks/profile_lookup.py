@@ -71,6 +71,7 @@ def kernels_of(graph: torch.cuda.CUDAGraph, before) -> tuple[int, float]:
     return len(ev), sum(e.device_time for e in ev)
 
 
+@torch.inference_mode()  # the slab's buffers are inference tensors
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drafts", default="4,8", help="fixed draft widths to profile")
