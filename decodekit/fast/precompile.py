@@ -3,12 +3,14 @@
 Triton compiles a kernel on its first launch with a new specialisation, one compile after the
 other: on a machine whose Triton cache (``~/.triton/cache`` or ``TRITON_CACHE_DIR``) is empty, the
 first decode of a small model waits for about a dozen of them (the prefill's RMSNorm, rotary and
-attention kernels, then the decode step's GEMV kernels), a few tenths of a second each. On a new
+attention kernels, then the decode step's GEMV kernels), a few tenths of a second each, and each
+kernel's first launch then builds its C launcher (a C compiler run) and loads its binary. On a new
 slab (:class:`~decodekit.fast.slab.Slab`) :func:`precompile` runs the fused forward once per
-width with every Triton launch replaced by its compile only (:data:`decodekit.fast.kernels.COMPILE_ONLY`)
-inside ``triton.AsyncCompileMode``, which sends the compiles to a thread pool; the forwards that
-follow find the kernels compiled. The dry forwards leave the slab as it was: with the kernels on,
-every write into the cache is a Triton kernel's, and none runs.
+width with every Triton launch replaced by its compile only
+(:data:`decodekit.fast.kernels.COMPILE_ONLY`) inside ``triton.AsyncCompileMode``, which sends the
+compiles to a thread pool, then builds the launchers and loads the binaries on the same pool; the
+forwards that follow find the kernels ready. The dry forwards leave the slab as it was: with the
+kernels on, every write into the cache is a Triton kernel's, and none runs.
 
 Widths: the slab's first forward (usually the prefill) and a one-token decode step. Others (verify
 widths, more rows) compile on first use as before. Where the kernels are already in Triton's cache
@@ -51,7 +53,8 @@ def precompile(path, slab, widths: list[int]) -> float:
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="decodekit-compile") as pool:
-            with K.triton.AsyncCompileMode(pool):
+            compiling = K.triton.AsyncCompileMode(pool)
+            with compiling:  # on leaving, every compile has finished
                 K.COMPILE_ONLY = True
                 try:
                     for T in dict.fromkeys(widths):  # in order, once each
@@ -61,7 +64,19 @@ def precompile(path, slab, widths: list[int]) -> float:
                         path.eager_fn(slab.mask, slab.cols, ids, write, SlabView(slab.kv, write), T > 1, False)
                 finally:
                     K.COMPILE_ONLY = False
+            # a compiled kernel's first launch still builds its C launcher (a compiler run) and loads
+            # its binary: as long as the compiles together, so these run on the pool too
+            done = [f.kernel for f in compiling.future_kernels.values() if f.kernel is not None]
+            list(pool.map(lambda kernel: _load(kernel, path.device), done))
     except Exception as e:  # noqa: BLE001 - never fatal here: the real launch compiles again
         warnings.warn(f"decodekit.fast: compiling the Triton kernels ahead failed ({e!r}); "
                       "they compile on first launch", RuntimeWarning, stacklevel=2)
     return time.perf_counter() - t0
+
+
+def _load(kernel, device: torch.device) -> None:
+    """Build a compiled kernel's launcher and load its binary (on a pool thread: the device first)."""
+    torch.cuda.set_device(device)
+    init = getattr(kernel, "_init_handles", None)  # what Triton's first launch of the kernel calls
+    if init is not None:
+        init()
