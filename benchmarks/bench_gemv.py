@@ -33,22 +33,23 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from decodekit.fast import gemv as K  # noqa: E402  (the GEMV kernels)
+from decodekit.fast import gemv as G  # noqa: E402  (the GEMV kernels)
+from decodekit.fast import kernels as K  # noqa: E402  (RMSNorm, SiLU-and-mul)
 from graph_timing import per_call_us  # noqa: E402
 
-SHAPES = {  # hidden, intermediate, q heads, kv heads, head dim
-    "smollm2-135m": (576, 1536, 9, 3, 64),
-    "llama-3.2-1b": (2048, 8192, 32, 8, 64),
-    "llama-3.1-8b": (4096, 14336, 32, 8, 128),
+SHAPES = {  # hidden, intermediate, q heads, kv heads, head dim, vocabulary
+    "smollm2-135m": (576, 1536, 9, 3, 64, 49152),
+    "llama-3.2-1b": (2048, 8192, 32, 8, 64, 128256),
+    "llama-3.1-8b": (4096, 14336, 32, 8, 128, 128256),
 }
 EPS = 1e-5
 COLD_BYTES = 128 * 2**20  # weight copies per case: more than the H200's 50 MB of L2 together
 
 
-def ops(d: int, ff: int, h: int, kv: int, hd: int) -> list[tuple[str, str, int, int]]:
-    """(projection, kernel, out_features, in_features) of one layer."""
+def ops(d: int, ff: int, h: int, kv: int, hd: int, vocab: int) -> list[tuple[str, str, int, int]]:
+    """(projection, kernel, out_features, in_features) of one layer, then the final norm + output head."""
     return [("qkv", "norm_linear", (h + 2 * kv) * hd, d), ("gate_up", "norm_linear", 2 * ff, d),
-            ("down", "act_linear_add_", d, ff), ("o", "linear_add_", d, h * hd)]
+            ("down", "act_linear_add_", d, ff), ("o", "linear_add_", d, h * hd), ("lm_head", "norm_linear", vocab, d)]
 
 
 def case(kernel: str, N: int, out: int, inp: int, copies: int, dev: torch.device):
@@ -66,7 +67,7 @@ def case(kernel: str, N: int, out: int, inp: int, copies: int, dev: torch.device
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS) * g.float()).to(bf).float()
         ref = normed @ w.float().T  # [N, out]
         base = lambda i: F.linear(K.rms_norm(x, g, EPS), ws[i % copies])  # noqa: E731
-        tri = lambda i, **b: K.norm_linear(x, g, EPS, ws[i % copies], **b)  # noqa: E731
+        tri = lambda i, **b: G.norm_linear(x, g, EPS, ws[i % copies], **b)  # noqa: E731
         return base, tri, ref, base(0), lambda **b: tri(0, **b)
     x = torch.randn(N, out, device=dev, dtype=bf)  # [N, d] residual stream
     if kernel == "act_linear_add_":
@@ -74,12 +75,12 @@ def case(kernel: str, N: int, out: int, inp: int, copies: int, dev: torch.device
         act = (F.silu(a[:, :inp].float()) * a[:, inp:].float()).to(bf).float()
         ref = x.float() + act @ w.float().T
         base = lambda i, x=x: x.addmm_(K.silu_mul(a), ws[i % copies].t())  # noqa: E731
-        tri = lambda i, x=x, **b: K.act_linear_add_(x, a, ws[i % copies], **b)  # noqa: E731
+        tri = lambda i, x=x, **b: G.act_linear_add_(x, a, ws[i % copies], **b)  # noqa: E731
     else:
         a = torch.randn(N, inp, device=dev, dtype=bf)  # [N, h * hd]: attention output
         ref = x.float() + a.float() @ w.float().T
         base = lambda i, x=x: x.addmm_(a, ws[i % copies].t())  # noqa: E731
-        tri = lambda i, x=x, **b: K.linear_add_(x, a, ws[i % copies], **b)  # noqa: E731
+        tri = lambda i, x=x, **b: G.linear_add_(x, a, ws[i % copies], **b)  # noqa: E731
     x0 = x.clone()  # one call of each on a copy of the residual, for the errors
     return base, tri, ref, base(0, x0.clone()), lambda **b: tri(0, x0.clone(), **b)
 
@@ -144,7 +145,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     print(f"command: {shlex.join([sys.executable] + sys.argv)}")
-    print(f"GEMV_MAX_ROWS={K.GEMV_MAX_ROWS} GEMV_MAX_ELEMENTS={K.GEMV_MAX_ELEMENTS} GEMV_O_PROJ={K.GEMV_O_PROJ}; "
+    print(f"GEMV_MAX_ROWS={G.GEMV_MAX_ROWS} GEMV_MAX_ELEMENTS={G.GEMV_MAX_ELEMENTS} GEMV_O_PROJ={G.GEMV_O_PROJ}; "
           f"{args.calls} calls a graph, median of {args.replays} replays, {'hot' if args.hot else 'cold'} L2")
     print(f"{'shape':13s} {'proj':7s} {'kernel':15s} {'N':>2s} {'out x in':>12s} {'fits':>4s} {'blocks':>14s} "
           f"{'torch us':>8s} {'triton us':>9s} {'ratio':>6s} {'err torch':>9s} {'err triton':>10s}")
@@ -158,7 +159,7 @@ def main() -> None:
         for blocks in [{}] + (sweep(args, N, inp) if args.sweep else []):
             t_tri = times[tag(blocks)] = per_call_us(lambda i: tri(i, **blocks), args.calls, args.replays)
             print(f"{name:13s} {proj:7s} {kernel:15s} {N:2d} {f'{out}x{inp}':>12s} "
-                  f"{'yes' if K.gemv_fits(N, out, inp) else 'no':>4s} {tag(blocks):>14s} {t_base:8.2f} "
+                  f"{'yes' if G.gemv_fits(N, out, inp) else 'no':>4s} {tag(blocks):>14s} {t_base:8.2f} "
                   f"{t_tri:9.2f} {t_tri / t_base:6.2f} {e_base:9.2e} {err(tri_out(**blocks), ref):10.2e}", flush=True)
         top = min(times, key=times.get)
         best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, times["default"], times[top], top))

@@ -1,10 +1,12 @@
 """Where a prompt-lookup decode's time goes on the CUDA-graph path, next to greedy (needs CUDA).
 
 For the summarisation prompt of ``bench_gpu.py`` on the default model (bf16; a random-weight
-SmolLM2-shaped model with a repetitive prompt when the GGUF cannot be loaded), prints per decode:
-wall time, prefill, loop steps, tokens per step; then, per graph, the GPU time of one replay (CUDA
-events, median of 50) and the kernels it launches (torch.profiler): the one-token forward, the
-verify forward of ``k + 1`` tokens, greedy's step tail and prompt lookup's step tail.
+SmolLM2-shaped model with a repetitive prompt when the GGUF cannot be loaded), under each of
+``--variants`` (settings of the fast path, each on top of the previous ones), prints per decode:
+wall time, prefill, loop steps, tokens per step, whether prompt lookup's tokens equal greedy's; then,
+per graph, the GPU time of one replay (CUDA events, median of 50) and the kernels it launches
+(torch.profiler): the one-token forward, the verify forward of ``k + 1`` tokens, greedy's step tail
+and prompt lookup's step tail.
 
 Usage::
 
@@ -26,8 +28,19 @@ import bench_gpu as B  # noqa: E402
 
 import decodekit  # noqa: E402
 from decodekit.api import encode_prompts  # noqa: E402
+from decodekit.fast import FastPath  # noqa: E402
+from decodekit.fast import gemv as G  # noqa: E402
 from decodekit.fast import step_graph as SG  # noqa: E402
+from decodekit.strategies.speculative import graph_plan as GP  # noqa: E402
 
+# settings compared, each applied on top of the previous ones (module, name, value)
+VARIANTS = {
+    "torch-tail": [(GP, "LOOKUP_STEP", False), (G, "GEMV_FIT_ROWS", 4), (G, "GEMV_HEAD", False)],
+    "kernel-tail": [(GP, "LOOKUP_STEP", True)],
+    "gemv-head": [(G, "GEMV_HEAD", True)],
+    "gemv-verify-8": [(G, "GEMV_FIT_ROWS", 8)],
+    "gemv-verify-16": [(G, "GEMV_FIT_ROWS", 16)],
+}
 TAILS: dict[str, tuple] = {}  # the last captured step tail of each decode kind, its forward's inputs, its state
 
 
@@ -76,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drafts", default="4,8", help="fixed draft widths to profile")
     ap.add_argument("--tokens", type=int, default=192)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     args = ap.parse_args()
     kind = ["greedy"]
     _keep_tails(kind)
@@ -92,38 +106,52 @@ def main() -> None:
     def run(strategy="greedy", **kw):
         return decodekit.generate(lm, [prompt], strategy, max_new_tokens=args.tokens, **kw)
 
-    ref = run()
-    rows = []
+    base = None
     cases = [("greedy", "greedy", {})] + [
         (f"lookup {k}", "prompt_lookup", dict(draft_policy="schedule", draft_tokens=k, adaptive=False))
         for k in map(int, args.drafts.split(","))]
-    for name, strategy, kw in cases:
-        kind[0] = name
-        run(strategy, **kw)  # warm: graphs captured, kernels compiled
-        steps0 = lm.fast.graph_steps
-        cap0 = lm.fast.capture_s
-        wall = B.median_time(lambda: run(strategy, **kw), 3)
-        gen = run(strategy, **kw)
-        n = len(gen.token_ids[0])
-        steps = gen.stats.forward_passes - 1
-        print(f"{name}: {1e3 * wall:.1f} ms for {n} tokens ({1e3 * wall / n:.3f} ms/token), prefill "
-              f"{1e3 * gen.stats.prefill_time_s:.1f} ms, {steps} steps ({n / max(steps, 1):.2f} tokens/step), "
-              f"{(1e3 * wall - 1e3 * gen.stats.prefill_time_s) / max(steps, 1):.3f} ms/step after prefill, "
-              f"graph steps {(lm.fast.graph_steps - steps0) / 5:.0f}/decode, capture {1e3 * (lm.fast.capture_s - cap0) / 5:.1f} "
-              f"ms/decode, == greedy: {gen.token_ids == ref.token_ids}", flush=True)
-        rows.append((name, wall, n, steps))
-    slab = next(s for s in lm.fast.slabs[1] if (1, False) in s.graphs)
+    for variant in args.variants.split(","):
+        flags = VARIANTS[variant]
+        for mod, name, value in flags:
+            setattr(mod, name, value)
+        lm.fast = FastPath(lm)  # graphs captured anew under these settings
+        ref = run()
+        base = base or ref
+        print(f"-- {variant}: {', '.join(f'{n}={v}' for _, n, v in flags)}; greedy == first variant's greedy: "
+              f"{ref.token_ids == base.token_ids}", flush=True)
+        for name, strategy, kw in cases:
+            kind[0] = f"{variant} {name}"
+            run(strategy, **kw)  # warm: graphs captured, kernels compiled
+            wall = B.median_time(lambda: run(strategy, **kw), 3)
+            steps0 = lm.fast.graph_steps
+            gen = run(strategy, **kw)
+            n = len(gen.token_ids[0])
+            steps = gen.stats.forward_passes - 1
+            print(f"{name}: {1e3 * wall:.1f} ms for {n} tokens ({1e3 * wall / n:.3f} ms/token), prefill "
+                  f"{1e3 * gen.stats.prefill_time_s:.1f} ms, {steps} steps ({n / max(steps, 1):.2f} tokens/step), "
+                  f"{(1e3 * wall - 1e3 * gen.stats.prefill_time_s) / max(steps, 1):.3f} ms/step after prefill, "
+                  f"{lm.fast.graph_steps - steps0} from graphs, == greedy: "
+                  f"{gen.token_ids == ref.token_ids}", flush=True)
+        graphs = {}
+        for slab in lm.fast.slabs.get(1, []):
+            def at_start(inputs, slab=slab):  # a tail advances its forward's columns: put them back each time
+                return lambda: inputs.write.copy_(slab.cols[len(prompt):len(prompt) + inputs.write.shape[0]])
 
-    def at_start(inputs):  # a step's tail advances its forward's cache columns: put them back each time
-        return lambda: inputs.write.copy_(slab.cols[len(prompt):len(prompt) + inputs.write.shape[0]])
-
-    graphs = {f"forward T={T}": (g.graph, at_start(slab._static(T)))
-              for (T, last), g in sorted(slab.graphs.items()) if not last}
-    graphs.update({f"tail {k}": (g, at_start(inputs)) for k, (g, inputs, _) in TAILS.items()})
-    for name, (g, before) in graphs.items():
-        us = replay_us(g, before)
-        count, busy = kernels_of(g, before)
-        print(f"  {name}: {us:.1f} us a replay, {count} kernels, {busy:.1f} us of kernel time", flush=True)
+            for (T, last), g in sorted(slab.graphs.items()):
+                if not last:
+                    graphs.setdefault(f"forward T={T}", (g.graph, at_start(slab._static(T))))
+        for name, (g, before) in graphs.items():
+            us = replay_us(g, before)
+            count, busy = kernels_of(g, before)
+            print(f"  {name}: {us:.1f} us a replay, {count} kernels, {busy:.1f} us of kernel time", flush=True)
+        for name, (g, inputs, _) in TAILS.items():
+            if name.startswith(variant + " "):
+                before = (lambda inputs=inputs: inputs.write.copy_(
+                    torch.arange(len(prompt), len(prompt) + inputs.write.shape[0], device=inputs.write.device)))
+                us = replay_us(g, before)
+                count, busy = kernels_of(g, before)
+                print(f"  tail {name}: {us:.1f} us a replay, {count} kernels, {busy:.1f} us of kernel time",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ about 14 kernels per layer, reading the model's own weights:
 * the residual additions fused into the output projections (``addmm_`` into the residual stream);
 * with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write, attention over
   the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all;
-* for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.gemv.gemv_fits`): each RMSNorm inside the projection after it
-  (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul with the residual inside the down projection
-  (``act_linear_add_``) -- 6 kernels per layer: norm + q/k/v, rotary + cache write, attention,
-  output projection + residual, norm + gate/up, activation + down + residual.
+* for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.gemv.gemv_fits`):
+  each RMSNorm inside the projection after it (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul
+  with the residual inside the down projection (``act_linear_add_``) -- 6 kernels per layer: norm +
+  q/k/v, rotary + cache write, attention, output projection + residual, norm + gate/up, activation +
+  down + residual; a small output head takes the final norm too (:func:`~decodekit.fast.gemv.head_fits`).
+  These kernels compute each row alone, in the same order whatever the number of rows: a verify
+  step's logits equal those of decode steps over the same tokens bit for bit.
 
 Numerically it is the model's function with different rounding: fp32 results agree with
 transformers' to ~1e-5, bf16 results to bf16 rounding (tests/fast/test_fused.py). It only runs on
@@ -221,6 +224,10 @@ class FusedLlama:
         x = x.view(rows, T, d)
         if last_only:
             x = x[:, -1:]
+        w = self.lm_head.weight  # [V, d]
+        if self.kernels and not hidden and G.head_fits(x.shape[0] * x.shape[1], *w.shape):
+            logits = G.norm_linear(x.reshape(-1, d), *self.final_norm, w, self.lm_head.bias)  # [rows * T', V]
+            return logits.float().view(rows, x.shape[1], -1), None
         out = F.rms_norm(x, (d,), *self.final_norm)  # [rows, T or 1, d]
         logits = self.lm_head(out).float()  # [rows, T or 1, V]
         return logits, (out if hidden else None)

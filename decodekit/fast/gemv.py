@@ -32,7 +32,7 @@ from decodekit.fast.kernels import _pow2, _tickets_for, launch, triton
 if triton is not None:
     import triton.language as tl
 
-__all__ = ["norm_linear", "act_linear_add_", "linear_add_", "gemv_fits"]
+__all__ = ["norm_linear", "act_linear_add_", "linear_add_", "gemv_fits", "head_fits"]
 
 # the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Per call on
 # an H200 (bf16, cold L2, default blocks), against RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x
@@ -45,6 +45,8 @@ GEMV_MAX_ROWS = 16  # the most tokens per call the kernels take: each program ke
 GEMV_BLOCK_K = 2048  # the default reduction block's largest size (a whole reduction up to it)
 GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest weight they take; larger ones keep cuBLAS
 GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
+GEMV_HEAD = True  # the final norm and the output head as one norm_linear (decode and verify steps)
+GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head it takes
 
 
 if triton is not None:
@@ -135,6 +137,18 @@ def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
         (True, False, False)
     """
     return GEMV and tokens <= GEMV_FIT_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
+
+
+def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
+    """Whether the final RMSNorm and the output head ``[vocab, hidden]`` run as one :func:`norm_linear`
+    for ``tokens`` rows: as :func:`gemv_fits`, up to :data:`GEMV_HEAD_MAX_ELEMENTS` (the default
+    model's 49152 x 576 head, not Llama-3's 128256-token ones), where :data:`GEMV_HEAD` is on.
+
+    Example:
+        >>> head_fits(1, 49152, 576), head_fits(1, 128256, 2048)
+        (True, False)
+    """
+    return GEMV and GEMV_HEAD and tokens <= GEMV_FIT_ROWS and vocab * hidden <= GEMV_HEAD_MAX_ELEMENTS
 
 
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,

@@ -161,3 +161,34 @@ def test_generation_through_the_fused_path_equals_eager(strategy, kw, kernels):
     assert lm.fast.fused and lm.fast.kernels == kernels
     fast = decodekit.generate(lm, prompts, strategy, max_new_tokens=12, **kw)
     assert fast.token_ids == eager.token_ids
+
+
+@pytest.mark.parametrize("fit_rows", [4, 16])
+def test_output_head_gemv(fit_rows, monkeypatch):
+    """Without hidden states, decode and verify steps of a small model run the final norm and the
+    output head as one norm_linear (head_fits): logits as transformers' (wider steps keep cuBLAS)."""
+    _kernels_or_skip(True)
+    monkeypatch.setattr(G, "GEMV_FIT_ROWS", fit_rows)
+    calls = _count_calls(monkeypatch, ("norm_linear",))
+    model = MODELS["llama-gqa"]()
+    vocab = model.config.vocab_size
+    reference = functools.partial(_step, model, torch.float32, decodekit.load(model, ByteTokenizer())._cache_kw)
+    fused = FusedLlama(model, kernels=True)
+    rows, C = 1, 24
+    mask, cols = torch.ones(rows, C, dtype=torch.long), torch.arange(C)
+    kv_ref, kv_fused = _cache(model, rows, C), _cache(model, rows, C)
+    g = torch.Generator().manual_seed(2)
+    start, heads = 0, []
+    for T, last_only in ((6, True), (1, False), (5, False), (1, False)):  # prefill, decode, verify, decode
+        ids = torch.randint(1, 97, (rows, T), generator=g)
+        write = cols[start:start + T]
+        want, _ = reference(mask, cols, ids, write, SlabView(kv_ref, write), last_only, False)
+        n = len(calls["norm_linear"])
+        got, hid = fused(mask, cols, ids, write, SlabView(kv_fused, write), last_only, False)
+        assert hid is None
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        heads.append(sum(1 for _ in calls["norm_linear"][n:]) - 2 * model.config.num_hidden_layers * (
+            G.gemv_fits(rows * T, 192, 64)))
+        start += T
+    assert G.head_fits(1, vocab, 64)
+    assert heads == [1, 1, int(fit_rows >= 5), 1]  # prefill's last token, decode, verify if it fits, decode

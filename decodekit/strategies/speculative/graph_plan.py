@@ -11,7 +11,9 @@ replays it from graphs (:mod:`decodekit.fast.step_graph`):
 * the n-gram lookup of the next step's drafts runs at the end of the tail (:func:`.prompt_lookup.lookup`,
   vectorised on the device) and goes straight into the next forward's inputs;
 * the counters (accepted, proposed, ...) add up on the device and reach the stats at ``finalize``;
-* rejected drafts' columns are masked where they are (holes), never cropped.
+* rejected drafts' columns are masked where they are (holes), never cropped;
+* with Triton on the device, everything after the target's argmax and log-probs is one kernel
+  (:func:`~decodekit.fast.lookup_step.lookup_step`; ~210 small PyTorch kernels otherwise).
 
 Greedy verification only (its output equals greedy decoding), without processors, single chains.
 Used when the lagged stop check is on (CUDA) and ``adaptive=False`` (a fixed width): e.g.
@@ -22,13 +24,16 @@ from __future__ import annotations
 
 import torch
 
+from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.lookup_step import lookup_step
 from decodekit.state import DecodeState
 from decodekit.strategies.speculative.proposer import DraftContext
 from decodekit.strategies.speculative.verify import greedy_verify
 
-__all__ = ["LookupPlan", "STATS"]
+__all__ = ["LookupPlan", "STATS", "LOOKUP_STEP"]
 
 STATS = ("accepted", "proposed", "verifies", "row_steps", "row_forwards")  # the device counters, in order
+LOOKUP_STEP = True  # False: the tail runs as PyTorch operations even where the one-kernel tail could
 
 
 class LookupPlan:
@@ -53,6 +58,12 @@ class LookupPlan:
         self.stats = torch.zeros(len(STATS), dtype=torch.long, device=dev)  # [5] the counters (STATS)
         run.device_stats = self.stats
         self.ctx = DraftContext(False, strategy._process, tree=False, crop=False)
+        from decodekit.strategies.speculative.prompt_lookup import PromptLookupProposer  # (import cycle)
+
+        self.fused = (LOOKUP_STEP and type(self.proposer) is PromptLookupProposer and kernel_reason(dev) is None
+                      and not (stopping.stop_strings or stopping.criteria))
+        self.eos = torch.tensor(list(stopping.eos_token_ids), dtype=torch.long, device=dev)  # [n_eos]
+        self.accepted = torch.zeros(rows, dtype=torch.long, device=dev)  # [rows] drafts each row accepted
 
     def _draft(self, state: DecodeState) -> None:
         """The next step's drafts, from the rows' tokens as they are now (finished rows: none)."""
@@ -67,6 +78,8 @@ class LookupPlan:
 
     def tail(self, state, logits, ids_in, write, mask) -> None:
         # logits [rows, T, V] of [pending, drafts]; write [T] their cache columns; mask [B, C]
+        if self.fused:
+            return self._fused_tail(state, logits, ids_in, write, mask)
         n, T = state.rows, self.width
         cols = write[None, :].expand(n, -1)  # [rows, T]
         full = mask[:n]  # [rows, C]: the rows' columns; nobody's past this step's
@@ -89,3 +102,15 @@ class LookupPlan:
         ids_in[:n, 1:].copy_(self.drafts)
         write.add_(T)
         full.scatter_(1, cols, (~state.done).long()[:, None].expand(-1, T))
+
+    def _fused_tail(self, state, logits, ids_in, write, mask) -> None:
+        """The tail as the target's argmax and log-probs, then one kernel (same results)."""
+        state.attention_mask = mask[:state.rows]  # [rows, C]
+        target = logits.argmax(-1)  # [rows, T], as greedy_verify
+        lp = torch.log_softmax(logits, -1).gather(-1, target[..., None])[..., 0]  # [rows, T], as emitted
+        p = self.proposer
+        lookup_step(state, target, lp, self.drafts, self.count, self.eos, ids_in, write, mask, self.stats,
+                    self.accepted, p.max_ngram, p.min_ngram)
+        V = logits.shape[-1]
+        state.next_logits = logits.gather(1, self.accepted[:, None, None].expand(-1, 1, V))[:, 0]  # [rows, V]
+        write.add_(self.width)
