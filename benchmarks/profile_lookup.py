@@ -35,11 +35,10 @@ from decodekit.strategies.speculative import graph_plan as GP  # noqa: E402
 
 # settings compared, each applied on top of the previous ones (module, name, value)
 VARIANTS = {
-    "torch-tail": [(GP, "LOOKUP_STEP", False), (G, "GEMV_FIT_ROWS", 4), (G, "GEMV_HEAD", False)],
+    "torch-tail": [(GP, "LOOKUP_STEP", False), (G, "GEMV_FIT_ROWS", 4), (G, "GEMV_HEAD", False)],  # as before
     "kernel-tail": [(GP, "LOOKUP_STEP", True)],
-    "gemv-head": [(G, "GEMV_HEAD", True)],
     "gemv-verify-8": [(G, "GEMV_FIT_ROWS", 8)],
-    "gemv-verify-16": [(G, "GEMV_FIT_ROWS", 16)],
+    "gemv-head": [(G, "GEMV_HEAD", True)],
 }
 TAILS: dict[str, tuple] = {}  # the last captured step tail of each decode kind, its forward's inputs, its state
 

@@ -46,7 +46,8 @@ _BLOCK_W = 256  # window starts a lookup pass compares at once
 
 if triton is not None:
 
-    @triton.jit
+    # ints not specialised: one compile serves every batch size, prompt width and stride
+    @triton.jit(do_not_specialize=["R", "N_EOS", "PW", "W", "s_tg", "s_lp", "s_ids", "s_lps", "s_mask", "s_in"])
     def _lookup_step_kernel(target, lp, drafts, count, done, n_new, limit, ids, logprobs, pending, codes, start,
                             eos, mask, write, ids_in, stats, accepted, R, N_EOS, PW, W, s_tg, s_lp, s_ids, s_lps,
                             s_mask, s_in, K: tl.constexpr, T: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
@@ -100,7 +101,7 @@ if triton is not None:
         tl.atomic_add(stats + 2, has.to(tl.int64))
         tl.atomic_add(stats + 3, active.to(tl.int64))
         if r == 0:
-            tl.atomic_add(stats + 4, R.to(tl.int64))
+            tl.atomic_add(stats + 4, (r * 0 + R).to(tl.int64))
         tl.store(accepted + r, a)
         tl.debug_barrier()  # the appended tokens are visible to the whole program before the lookup
         # the next drafts: the most recent earlier match of the row's last n tokens, longest n first

@@ -50,7 +50,8 @@ def finish_step_reason(state: DecodeState, interpret: bool = False) -> str | Non
 
 if triton is not None:
 
-    @triton.jit
+    # ints not specialised: one compile serves every batch size, prompt width and stride
+    @triton.jit(do_not_specialize=["R", "B", "N_EOS", "PW", "s_tok", "s_lp", "s_ids", "s_lps", "s_in", "s_mask"])
     def _finish_kernel(tokens, lps, count, done, n_new, limit, ids, logprobs, pending, codes, eos,
                        ids_in, write, mask, R, B, N_EOS, PW, s_tok, s_lp, s_ids, s_lps, s_in, s_mask,
                        EOS_CODE: tl.constexpr, LENGTH_CODE: tl.constexpr,

@@ -169,6 +169,7 @@ def test_output_head_gemv(fit_rows, monkeypatch):
     output head as one norm_linear (head_fits): logits as transformers' (wider steps keep cuBLAS)."""
     _kernels_or_skip(True)
     monkeypatch.setattr(G, "GEMV_FIT_ROWS", fit_rows)
+    monkeypatch.setattr(G, "GEMV_HEAD", True)
     calls = _count_calls(monkeypatch, ("norm_linear",))
     model = MODELS["llama-gqa"]()
     vocab = model.config.vocab_size
