@@ -52,15 +52,15 @@ GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head
 if triton is not None:
 
     @triton.jit
-    def _gemv_row(a, g, w, i, ok, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr):
-        """Row ``i``'s activation ``[BK]`` at columns ``k`` (zeros unless ``ok``), rounded to w's dtype as
-        the kernels the GEMV kernels replace round it (rms_norm, silu_mul), then in fp32."""
-        m = km & ok
-        src = a + i * s_a + k
+    def _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr):
+        """The activation ``[BN, BK]`` of rows ``n`` at columns ``k``, rounded to w's dtype as the kernels
+        the GEMV kernels replace round it (rms_norm, silu_mul), then in fp32."""
+        m = nm[:, None] & km[None, :]
+        src = a + n[:, None] * s_a + k[None, :]
         v = tl.load(src, mask=m, other=0.0).to(tl.float32)
-        if NORM:  # a = x: the normalised row times the norm weight (r: the row's 1 / rms)
+        if NORM:  # a = x: the normalised rows times the norm weight (r: each row's 1 / rms)
             gk = tl.load(g + k, mask=km, other=0.0).to(tl.float32)
-            v = (v * r * gk).to(w.dtype.element_ty)
+            v = (v * r[:, None] * gk[None, :]).to(w.dtype.element_ty)
         elif ACT:  # a = [gate | up], K = ff
             up = tl.load(src + K, mask=m, other=0.0).to(tl.float32)
             v = (v / (1.0 + tl.exp(-v)) * up).to(w.dtype.element_ty)
@@ -86,8 +86,7 @@ if triton is not None:
                      BO: tl.constexpr, BK: tl.constexpr):
         """``out (+)= act(a) @ w.T (+ bias)`` for the rows of ``a``: no ``tl.dot``. Program (i, s) owns
         output features ``i * BO ..`` and reduction columns ``s * KS .. s * KS + KS - 1``; each weight
-        tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and reduced against each of the
-        ``BN`` rows in turn (registers for one row's products at a time, not ``BN``'s)."""
+        tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and used for all ``BN`` rows."""
         po = tl.program_id(0)
         ks = tl.program_id(1)
         o = po * BO + tl.arange(0, BO)  # [BO]: this program's output features
@@ -96,24 +95,20 @@ if triton is not None:
         nm = n < N
         r = tl.zeros([BN], tl.float32)
         if NORM:  # each row's sum of squares over all of d (x is a few rows, L2-resident)
-            for i in tl.static_range(BN):
-                ss = tl.zeros([BK], tl.float32)
-                for k0 in range(0, K, BK):
-                    k = k0 + tl.arange(0, BK)
-                    v = tl.load(a + i * s_a + k, mask=(k < K) & (i < N), other=0.0).to(tl.float32)
-                    ss += v * v
-                r = tl.where(n == i, tl.rsqrt(tl.sum(ss, 0) / K + eps), r)
+            ss = tl.zeros([BN], tl.float32)
+            for k0 in range(0, K, BK):
+                k = k0 + tl.arange(0, BK)
+                v = tl.load(a + n[:, None] * s_a + k[None, :], mask=nm[:, None] & (k < K)[None, :], other=0.0)
+                v = v.to(tl.float32)
+                ss += tl.sum(v * v, 1)
+            r = tl.rsqrt(ss / K + eps)
         acc = tl.zeros([BN, BO], tl.float32)
         for k0 in range(0, KS, BK):
             k = ks * KS + k0 + tl.arange(0, BK)  # [BK]
             km = k < K
+            v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
             wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)  # [BO, BK]
-            wt = wt.to(tl.float32)
-            for i in tl.static_range(BN):  # row by row, each the same way whatever BN: rows are independent
-                r_i = tl.sum(tl.where(n == i, r, 0.0), 0)
-                v = _gemv_row(a, g, w, i, i < N, k, km, r_i, s_a, K, NORM, ACT)  # [BK]
-                dot = tl.sum(wt * v[None, :], 1)  # [BO]; exact bf16 products, fp32 sums
-                acc = tl.where(n[:, None] == i, acc + dot[None, :], acc)
+            acc += tl.sum(v[:, None, :] * wt.to(tl.float32)[None, :, :], 2)  # [BN, BO]; exact bf16 products
         if SPLIT > 1:  # split-K: partials [SPLIT, BN, OUT]; the last program of output block po sums them
             pm = nm[:, None] & om[None, :]
             tl.store(part + (ks * BN + n[:, None]) * OUT + o[None, :], acc, mask=pm)
