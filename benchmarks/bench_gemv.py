@@ -117,6 +117,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+    p.add_argument("--proj", default="qkv,gate_up,down,o,lm_head", help="projections, comma-separated")
     p.add_argument("--rows", default="1,4,9", help="tokens per call (rows x step width), comma-separated")
     p.add_argument("--calls", type=int, default=100, help="back-to-back calls in one graph")
     p.add_argument("--replays", type=int, default=10, help="graph replays timed (the median is shown)")
@@ -130,7 +131,8 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true", help="list the swept launches per case; no GPU")
     args = p.parse_args()
     cases = [(name, proj, kernel, out, inp, N) for name in args.shapes.split(",")
-             for proj, kernel, out, inp in ops(*SHAPES[name]) for N in ints(args.rows)]
+             for proj, kernel, out, inp in ops(*SHAPES[name]) if proj in args.proj.split(",")
+             for N in ints(args.rows)]
     if args.dry_run:
         for name, proj, kernel, out, inp, N in cases:
             launches = sweep(args, N, inp) if args.sweep else []
