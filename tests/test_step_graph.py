@@ -69,3 +69,16 @@ def test_plan_on_a_moved_slab(lm, monkeypatch):
                  adaptive=False, draft_tokens=7)
     greedy = _run(lm, False, "greedy", monkeypatch, headroom=0, max_new_tokens=60, eos_token_id=[])
     assert graph.token_ids == greedy.token_ids and all(len(t) == 60 for t in graph.token_ids)
+
+
+def test_prompt_lookup_default_replays_steps_at_a_fixed_width(lm, monkeypatch):
+    """draft_policy="auto" (the default): where whole steps replay, graph_draft_tokens drafts every
+    step from the plan; elsewhere the cost-aware width. Both equal greedy."""
+    greedy = _run(lm, False, "greedy", monkeypatch, max_new_tokens=40, eos_token_id=[])
+    graph = _run(lm, True, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=[])
+    assert graph.token_ids == greedy.token_ids
+    assert graph.stats.extra["draft_tokens"] == 4 and lm.fast.graph_steps >= graph.stats.forward_passes - 2
+    three = _run(lm, True, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=[], graph_draft_tokens=3)
+    assert three.token_ids == greedy.token_ids and three.stats.extra["draft_tokens"] == 3
+    plain = _run(lm, False, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=[])
+    assert plain.token_ids == greedy.token_ids and plain.stats.extra["draft_tokens"] != 4  # the cost-aware width

@@ -30,7 +30,9 @@ def _extra_cases():
     return [
         ("beam", {"num_beams": 4}),
         ("diverse_beam", {"num_beams": 4, "num_beam_groups": 2}),
-        ("prompt_lookup", {"seed": 0}),
+        # the cost-aware width on both paths (the default, "auto", replays whole steps at a fixed width
+        # on the graph path only: tests/fast/test_step_graph_gpu.py)
+        ("prompt_lookup", {"seed": 0, "draft_policy": "cost"}),
         ("prompt_lookup", {"seed": 3, "do_sample": True, "temperature": 0.8}),
         ("blockwise", {"seed": 0}),
         ("self_speculative", {"seed": 0, "draft_layers": 1}),

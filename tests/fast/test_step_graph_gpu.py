@@ -106,6 +106,18 @@ def test_prompt_lookup_plan_equals_greedy(lm, batch):
     assert graph.stats.extra["accepted_per_verify"] > 0.5  # it copied
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_prompt_lookup_default_on_the_gpu(lm, batch):
+    """The default (draft_policy="auto"): 4 drafts every step, whole steps from graphs (the one-kernel
+    tail, decodekit.fast.lookup_step), == greedy; without step graphs the cost-aware width."""
+    lm.fast = FastPath(lm, step_graphs=False)
+    greedy = decodekit.generate(lm, REPEATING[:batch], max_new_tokens=40, eos_token_id=[])
+    graph, plain = _both(lm, REPEATING[:batch], "prompt_lookup", max_new_tokens=40, eos_token_id=[])
+    assert graph.token_ids == plain.token_ids == greedy.token_ids
+    assert graph.stats.extra["draft_tokens"] == 4 and plain.stats.extra["draft_tokens"] != 4
+    assert graph.stats.forward_passes < greedy.stats.forward_passes  # it copied
+
+
 def test_prompt_lookup_plan_rows_stopping_early(lm):
     lm.fast = FastPath(lm, step_graphs=False)
     free = decodekit.generate(lm, REPEATING, max_new_tokens=40, eos_token_id=[])

@@ -33,9 +33,12 @@ class DraftVerifyConfig(StrategyConfig):
     draft_tokens: int = field(default=4, metadata={"help": "draft tokens per verify (the start value when adaptive)"})
     adaptive: bool = field(default=True, metadata={"help": "adapt the draft length (draft_policy); False = always draft_tokens"})
     max_draft_tokens: int = field(default=16, metadata={"help": "upper bound of the adaptive draft length"})
-    draft_policy: Literal["schedule", "cost"] = field(default="schedule", metadata={
+    draft_policy: Literal["schedule", "cost", "auto"] = field(default="schedule", metadata={
         "help": "schedule: grow by 2 when a row accepts all, else shrink by 1; cost: draft max_draft_tokens, "
-                "verify the width that maximises expected tokens per verify cost (cheap proposers only)"})
+                "verify the width that maximises expected tokens per verify cost (cheap proposers only); auto: "
+                "graph_draft_tokens always where whole steps replay from CUDA graphs, else cost"})
+    graph_draft_tokens: int = field(default=4, metadata={
+        "help": "draft_policy=auto: drafts verified every step where whole steps replay from CUDA graphs"})
     verify_cost: tuple = field(default=(), metadata={
         "help": "(row, overhead, token): verify pass cost in one-token passes (empty = the device's default)"})
     do_sample: bool = field(default=False, metadata={"help": "speculative sampling (lossless); False = greedy verification"})
@@ -49,6 +52,9 @@ class DraftVerifyConfig(StrategyConfig):
     def validate(self) -> None:
         name = self.strategy_name
         check(self.draft_tokens >= 1, f"{name}: draft_tokens must be >= 1, got {self.draft_tokens}")
+        check(self.graph_draft_tokens >= 1, f"{name}: graph_draft_tokens must be >= 1, got {self.graph_draft_tokens}")
+        check(self.draft_policy in ("schedule", "cost", "auto"),
+              f"{name}: draft_policy must be 'schedule', 'cost' or 'auto', got {self.draft_policy!r}")
         check(self.max_draft_tokens >= self.draft_tokens,
               f"{name}: max_draft_tokens ({self.max_draft_tokens}) must be >= draft_tokens ({self.draft_tokens})")
         check(len(self.verify_cost) in (0, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -74,9 +80,10 @@ class PromptLookupConfig(DraftVerifyConfig):
     strategy_name = "prompt_lookup"
     draft_tokens: int = field(default=8, metadata={"help": "tokens copied after an n-gram match (start value when adaptive)"})
     max_draft_tokens: int = field(default=16, metadata={"help": "upper bound of the adaptive draft length"})
-    draft_policy: Literal["schedule", "cost"] = field(default="cost", metadata={
-        "help": "cost (default): verify the width that maximises expected tokens per verify cost; "
-                "schedule: grow by 2 when a row accepts all, else shrink by 1"})
+    draft_policy: Literal["schedule", "cost", "auto"] = field(default="auto", metadata={
+        "help": "auto (default): graph_draft_tokens every step where whole steps replay from CUDA graphs "
+                "(greedy verification on a GPU), else cost; cost: verify the width that maximises expected "
+                "tokens per verify cost; schedule: grow by 2 when a row accepts all, else shrink by 1"})
     max_ngram: int = field(default=3, metadata={"help": "longest n-gram matched against the text (tried first)"})
     min_ngram: int = field(default=1, metadata={"help": "shortest n-gram matched"})
     num_candidates: int = field(default=1, metadata={

@@ -16,8 +16,9 @@ replays it from graphs (:mod:`decodekit.fast.step_graph`):
   (:func:`~decodekit.fast.lookup_step.lookup_step`; ~210 small PyTorch kernels otherwise).
 
 Greedy verification only (its output equals greedy decoding), without processors, single chains.
-Used when the lagged stop check is on (CUDA) and ``adaptive=False`` (a fixed width): e.g.
-``decodekit.generate(lm, passage, "prompt_lookup", adaptive=False, draft_tokens=4)``.
+Used when the lagged stop check is on (CUDA) at a fixed width: prompt lookup's default on a GPU
+(``draft_policy="auto"``: ``graph_draft_tokens`` = 4 drafts every step), or ``adaptive=False``
+(``draft_tokens`` every step): e.g. ``decodekit.generate(lm, passage, "prompt_lookup")``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class LookupPlan:
     def __init__(self, strategy, state: DecodeState, stopping, run):
         self.strategy, self.stopping = strategy, stopping
         self.proposer = state.extra["_spec_proposer"]
-        self.k = strategy.config.draft_tokens
+        self.k = run.k  # draft_tokens (adaptive=False), or graph_draft_tokens (draft_policy="auto")
         self.width = self.k + 1
         rows, dev = state.rows, state.done.device
         self.drafts = torch.zeros(rows, self.k, dtype=torch.long, device=dev)  # [rows, k] the next step's

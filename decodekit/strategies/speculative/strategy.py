@@ -81,6 +81,7 @@ class _Run:
         self.row_forwards = 0  # (row, target pass) pairs: rows each target pass carried
         self.tree_verifies = 0  # target passes over a token tree
         self.trees = False  # token trees allowed in this decode (set in init)
+        self.fixed = False  # draft_policy="auto" on a step-graph fast path: k drafts every step
         self.widths: WidthPicker | None = None  # draft_policy="cost": picks each step's width
         self.device_stats: torch.Tensor | None = None  # [5] counters kept on the device (.graph_plan.STATS)
 
@@ -103,12 +104,13 @@ class DraftVerify(Strategy):
     def __init__(self, config: DraftVerifyConfig | None = None, **options):
         super().__init__(config, **options)
         self.processors = build_processors(**self.config.processor_options())
+        self._fixed = False  # this decode verifies a fixed width (draft_policy="auto", set in init)
 
     @property
     def lagged_stops(self) -> bool:
         """At a fixed width with greedy verification a step over finished rows changes nothing: the
         loop may check stops one step late (and on the fast path replay prompt lookup's whole step)."""
-        return not (self.config.adaptive or self.config.do_sample)
+        return not ((self.config.adaptive and not self._fixed) or self.config.do_sample)
 
     def graph_plan(self, state: DecodeState, stopping, body) -> LookupPlan | None:
         """Prompt lookup's step from CUDA graphs (:mod:`.graph_plan`) where it applies: drafts the
@@ -139,11 +141,26 @@ class DraftVerify(Strategy):
         run = state.extra[_RUN] = _Run(self.config.draft_tokens)
         run.trees = bool(getattr(proposer, "makes_trees", False)) and self.trees_supported(state)
         cfg = self.config
-        if cfg.adaptive and cfg.draft_policy == "cost" and not run.trees:  # trees keep the schedule
+        run.fixed = self._fixed = cfg.draft_policy == "auto" and self._replays_steps(state, proposer, run)
+        if run.fixed:
+            run.k = cfg.graph_draft_tokens
+        cost = cfg.draft_policy == "cost" or (cfg.draft_policy == "auto" and not run.fixed)
+        if cfg.adaptive and cost and not run.trees:  # trees keep the schedule
             cost = cost_of_device(state.lm.device.type, cfg.verify_cost)
             policy = CostAwareLength(cfg.max_draft_tokens, cost, getattr(proposer, "bucket_priors", None))
             run.widths = WidthPicker(policy)
         return state
+
+    def _replays_steps(self, state: DecodeState, proposer, run: _Run) -> bool:
+        """Whether this decode's whole steps can replay from CUDA graphs at a fixed width
+        (:meth:`graph_plan`): a CUDA fast path with step graphs, a proposer drafting on the device,
+        greedy verification, single chains, no processors."""
+        from decodekit.fast.cache import FastCache  # (import cycle)
+
+        cache = state.cache
+        return (isinstance(cache, FastCache) and bool(getattr(cache.path, "step_graphs", False))
+                and bool(getattr(proposer, "device_drafts", False)) and not run.trees
+                and not self.processors and not state.user_processors and not self.config.do_sample)
 
     def step(self, state: DecodeState) -> StepOutput:
         run: _Run = state.extra[_RUN]
@@ -320,5 +337,5 @@ class DraftVerify(Strategy):
         run.row_steps += running
         state.attention_mask = crop_columns(state.lm, state.cache, state.attention_mask, unused)
         cfg = self.config
-        if cfg.adaptive and verifies:
+        if cfg.adaptive and not run.fixed and verifies:
             run.k = min(run.k + 2, cfg.max_draft_tokens) if any_full else max(run.k - 1, 1)
