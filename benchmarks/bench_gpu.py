@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import decodekit  # noqa: E402
 from decodekit.api import encode_prompts  # noqa: E402
 from decodekit.fast import FastPath  # noqa: E402
+from decodekit.strategies.speculative import graph_plan as GP  # noqa: E402
 
 SHAPES = {  # random-weight models of real architectures (default RoPE: timing does not depend on it)
     "smollm2-135m-shape": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -178,11 +179,12 @@ class Bench:
             box = []
             first = sync_time(lambda: box.append(self.dk(prompt, n=n, eos=False)))
             cap = lm.fast.capture_s if lm.fast else 0.0
+            pre = lm.fast.precompile_s if lm.fast else 0.0
             t = median_time(lambda: self.dk(prompt, n=n, eos=False), runs)
             self.graph_ms = 1e3 * t / n
             self.add(self.name, "decodekit greedy (graph path)", self.graph_ms,
                      f"first call ({n} tokens) {first:.2f} s: prefill {box[0].stats.prefill_time_s:.3f} s, "
-                     f"capture {cap:.2f} s")
+                     f"capture {cap:.2f} s, Triton kernels compiled ahead {pre:.2f} s")
             if lm.fast is not None:
                 self.where_time_goes()
 
@@ -251,16 +253,22 @@ class Bench:
         same = "identical to greedy" if out.token_ids == ref.token_ids else "DIFFERS from greedy"
         self.add(self.name, "decodekit greedy (summarise prompt)", 1e3 * tg, f"{n_ref} tokens")
         self.add(self.name, "decodekit prompt lookup (summarise)", 1e3 * tp,
-                 f"{tg / tp:.2f}x greedy, {same}, mean accepted {acc:.2f}/verify")
-        for k in (4, 8, 12):  # a fixed width: on the fast path the whole step replays from graphs
-            kw = dict(draft_policy="schedule", draft_tokens=k, adaptive=False)
+                 f"{tg / tp:.2f}x greedy, {same}, mean accepted {acc:.2f}/verify, defaults")
+        variants = [  # the default (draft_policy="auto"): 4 drafts every step, whole steps from graphs
+            ("4 drafts always, tail as PyTorch ops", {}, True),
+            ("cost-aware width", dict(draft_policy="cost"), False),
+            ("8 drafts always", dict(draft_policy="schedule", draft_tokens=8, adaptive=False), False),
+            ("12 drafts always", dict(draft_policy="schedule", draft_tokens=12, adaptive=False), False)]
+        for label, kw, torch_tail in variants:
+            GP.LOOKUP_STEP = not torch_tail
             steps0 = self.lm.fast.graph_steps if self.lm.fast else 0
             out = self.dk(prompt, "prompt_lookup", n=n, **kw)
             graphed = (self.lm.fast.graph_steps if self.lm.fast else 0) > steps0
             ts = median_time(lambda: self.dk(prompt, "prompt_lookup", n=n, **kw), runs) / len(out.token_ids[0])
+            GP.LOOKUP_STEP = True
             acc = out.stats.extra.get("accepted_per_verify", float("nan"))
             same = "identical to greedy" if out.token_ids == ref.token_ids else "DIFFERS from greedy"
-            self.add(self.name, f"decodekit prompt lookup, {k} drafts always", 1e3 * ts,
+            self.add(self.name, f"decodekit prompt lookup, {label}", 1e3 * ts,
                      f"{tg / ts:.2f}x greedy, {same}, mean accepted {acc:.2f}/verify"
                      + (", whole steps from graphs" if graphed else ""))
 

@@ -114,7 +114,7 @@ def test_prompt_lookup_default_on_the_gpu(lm, batch):
     greedy = decodekit.generate(lm, REPEATING[:batch], max_new_tokens=40, eos_token_id=[])
     graph, plain = _both(lm, REPEATING[:batch], "prompt_lookup", max_new_tokens=40, eos_token_id=[])
     assert graph.token_ids == plain.token_ids == greedy.token_ids
-    assert graph.stats.extra["draft_tokens"] == 4 and plain.stats.extra["draft_tokens"] != 4
+    assert graph.stats.extra["draft_tokens"] == 4
     assert graph.stats.forward_passes < greedy.stats.forward_passes  # it copied
 
 
