@@ -77,10 +77,10 @@ def _tail(state, drafts, count, logits, eos, fused: bool, max_ngram: int):
     state = _clone(state)
     rows, k = drafts.shape
     T, B, C = k + 1, rows + 2, 64
-    strategy = SimpleNamespace(config=SimpleNamespace(draft_tokens=k), _process=None,
+    strategy = SimpleNamespace(_process=None,
                                kept_columns=DraftVerify.kept_columns, emitted=DraftVerify.emitted)
     state.extra["_spec_proposer"] = PromptLookupProposer(max_ngram, 1)
-    plan = GP.LookupPlan(strategy, state, Stopping(eos_token_ids=eos), SimpleNamespace())
+    plan = GP.LookupPlan(strategy, state, Stopping(eos_token_ids=eos), SimpleNamespace(k=k))
     plan.fused = fused
     plan.drafts.copy_(drafts)
     plan.count.copy_(count)
