@@ -11,11 +11,18 @@ verification is lossless (:mod:`.verify`): with greedy verification the output e
 The search is vectorised over rows and positions (``unfold`` + compare, no Python loop over rows
 or history). Each draft carries its matched n-gram's length as its bucket (``Draft.bucket``): on
 the 8 grounded prompts (SmolLM2-135M, greedy) the first copied token was accepted 21% of the time
-after a 1-gram match, 59% after a 2-gram and 89% after a 3-gram. By default (``draft_policy="cost"``,
-:mod:`.draft_length`) the strategy turns that, learnt further per decode, into the verify width:
-long after good matches, none (a plain one-token step) after poor ones or where nothing matches;
-the step then has one host sync. With ``draft_policy="schedule"`` the verify pass is as wide as
-the longest draft under the grow/shrink schedule.
+after a 1-gram match, 59% after a 2-gram and 89% after a 3-gram. By default (``draft_policy="auto"``)
+the width depends on where the decode runs:
+
+* where whole steps replay from CUDA graphs (a GPU fast path, greedy verification, no processors:
+  :mod:`.graph_plan`), every step verifies ``graph_draft_tokens`` (4) drafts -- no host sync, the
+  lookup and the bookkeeping in one kernel (:mod:`decodekit.fast.lookup_step`);
+* elsewhere (``draft_policy="cost"``, :mod:`.draft_length`) the strategy turns those rates, learnt
+  further per decode, into the verify width: long after good matches, none (a plain one-token
+  step) after poor ones or where nothing matches; the step then has one host sync.
+
+With ``draft_policy="schedule"`` the verify pass is as wide as the longest draft under the
+grow/shrink schedule.
 
 **Tree mode** (``num_candidates > 1``): instead of betting on the best match, take up to
 ``num_candidates`` distinct continuations from different matches (ranked like the single one:
