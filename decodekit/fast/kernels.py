@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 
 import torch
 
@@ -60,14 +61,16 @@ def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
     return None
 
 
-COMPILE_ONLY = False  # set by decodekit.fast.precompile: launches compile their kernel and run nothing
+# set by decodekit.fast.precompile: launches in this context compile their kernel and run nothing
+# (a context variable: other threads' decodes keep launching)
+COMPILE_ONLY: ContextVar[bool] = ContextVar("decodekit_compile_only", default=False)
 
 
 def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
     """``kernel[grid](*args, **meta)``; while :data:`COMPILE_ONLY` (:mod:`decodekit.fast.precompile`),
     only the compile of the kernel that this call would launch (Triton's ``warmup``), which an active
     ``triton.AsyncCompileMode`` sends to its thread pool."""
-    if COMPILE_ONLY:
+    if COMPILE_ONLY.get():
         kernel.warmup(*args, grid=grid, **meta)
     else:
         kernel[grid](*args, **meta)
@@ -295,7 +298,8 @@ def attend(
     out = torch.empty_like(q)
     tickets = _tickets_for(q.device, N * kvh) if last_combines else part_m
     launch(
-        _attend_split_kernel, (N, kvh, S), q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, write.shape[0], S, scale,
+        _attend_split_kernel, (N, kvh, S), q, keys, values, mask, write, part_m, part_l, part_o, out, tickets,
+        write.shape[0], S, scale,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), mask.stride(0), out.stride(0), out.stride(1),
         G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb, LAST_COMBINES=last_combines,

@@ -55,7 +55,7 @@ def precompile(path, slab, widths: list[int]) -> float:
         with ThreadPoolExecutor(workers, thread_name_prefix="decodekit-compile") as pool:
             compiling = K.triton.AsyncCompileMode(pool)
             with compiling:  # on leaving, every compile has finished
-                K.COMPILE_ONLY = True
+                dry = K.COMPILE_ONLY.set(True)
                 try:
                     for T in dict.fromkeys(widths):  # in order, once each
                         T = min(T, slab.capacity)
@@ -63,7 +63,7 @@ def precompile(path, slab, widths: list[int]) -> float:
                         write = slab.cols[:T]  # [T]
                         path.eager_fn(slab.mask, slab.cols, ids, write, SlabView(slab.kv, write), T > 1, False)
                 finally:
-                    K.COMPILE_ONLY = False
+                    K.COMPILE_ONLY.reset(dry)
             # a compiled kernel's first launch still builds its C launcher (a compiler run) and loads
             # its binary: as long as the compiles together, so these run on the pool too
             done = [f.kernel for f in compiling.future_kernels.values() if f.kernel is not None]
