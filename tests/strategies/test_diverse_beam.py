@@ -195,4 +195,6 @@ def test_hf_mode_equals_transformers_4_56(default_lm):
                                  eos_token_id=ref["eos_token_id"], **case["settings"])
         got = gen.candidates[0]
         assert [c.token_ids for c in got] == case["sequences"], case["settings"]
-        assert [c.score for c in got] == pytest.approx(case["scores"], rel=1e-5, abs=1e-6)
+        # scores: sums of fp32 log-probs, recorded on another machine; the CPU's BLAS kernels round
+        # differently from machine to machine (seen: 2e-5 relative), the token ids must match exactly
+        assert [c.score for c in got] == pytest.approx(case["scores"], rel=1e-4, abs=1e-6)
