@@ -80,5 +80,8 @@ def test_prompt_lookup_default_replays_steps_at_a_fixed_width(lm, monkeypatch):
     assert graph.stats.extra["draft_tokens"] == 4 and lm.fast.graph_steps >= graph.stats.forward_passes - 2
     three = _run(lm, True, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=[], graph_draft_tokens=3)
     assert three.token_ids == greedy.token_ids and three.stats.extra["draft_tokens"] == 3
+    six = _run(lm, True, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=[], adaptive=False,
+               draft_tokens=6)  # a fixed width asked for: kept
+    assert six.token_ids == greedy.token_ids and six.stats.extra["draft_tokens"] == 6
     plain = _run(lm, False, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=[])
     assert plain.token_ids == greedy.token_ids and plain.stats.extra["draft_tokens"] != 4  # the cost-aware width

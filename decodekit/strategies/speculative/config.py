@@ -83,7 +83,8 @@ class PromptLookupConfig(DraftVerifyConfig):
     draft_policy: Literal["schedule", "cost", "auto"] = field(default="auto", metadata={
         "help": "auto (default): graph_draft_tokens every step where whole steps replay from CUDA graphs "
                 "(greedy verification on a GPU), else cost; cost: verify the width that maximises expected "
-                "tokens per verify cost; schedule: grow by 2 when a row accepts all, else shrink by 1"})
+                "tokens per verify cost; schedule: grow by 2 when a row accepts all, else shrink by 1 "
+                "(adaptive=False: always draft_tokens, whatever the policy)"})
     max_ngram: int = field(default=3, metadata={"help": "longest n-gram matched against the text (tried first)"})
     min_ngram: int = field(default=1, metadata={"help": "shortest n-gram matched"})
     num_candidates: int = field(default=1, metadata={

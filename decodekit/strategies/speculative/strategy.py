@@ -141,7 +141,9 @@ class DraftVerify(Strategy):
         run = state.extra[_RUN] = _Run(self.config.draft_tokens)
         run.trees = bool(getattr(proposer, "makes_trees", False)) and self.trees_supported(state)
         cfg = self.config
-        run.fixed = self._fixed = cfg.draft_policy == "auto" and self._replays_steps(state, proposer, run)
+        # auto: a fixed width where whole steps replay (adaptive=False keeps draft_tokens, fixed anyway)
+        run.fixed = self._fixed = (cfg.draft_policy == "auto" and cfg.adaptive
+                                   and self._replays_steps(state, proposer, run))
         if run.fixed:
             run.k = cfg.graph_draft_tokens
         cost = cfg.draft_policy == "cost" or (cfg.draft_policy == "auto" and not run.fixed)
