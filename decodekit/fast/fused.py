@@ -20,9 +20,10 @@ about 14 kernels per layer, reading the model's own weights:
   each RMSNorm inside the projection after it (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul
   with the residual inside the down projection (``act_linear_add_``) -- 6 kernels per layer: norm +
   q/k/v, rotary + cache write, attention, output projection + residual, norm + gate/up, activation +
-  down + residual; a small output head takes the final norm too (:func:`~decodekit.fast.gemv.head_fits`).
-  These kernels compute each row alone, in the same order whatever the number of rows: a verify
-  step's logits equal those of decode steps over the same tokens bit for bit.
+  down + residual; with ``GEMV_HEAD`` (off by default: slower than cuBLAS) the output head takes the
+  final norm too (:func:`~decodekit.fast.gemv.head_fits`). The GEMV kernels compute each row alone
+  (a row's result does not depend on the rows beside it); wider steps run cuBLAS, which rounds
+  differently, so a verify step's logits equal a decode step's only to rounding.
 
 Numerically it is the model's function with different rounding: fp32 results agree with
 transformers' to ~1e-5, bf16 results to bf16 rounding (tests/fast/test_fused.py). It only runs on

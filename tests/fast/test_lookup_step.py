@@ -77,8 +77,8 @@ def _tail(state, drafts, count, logits, eos, fused: bool, max_ngram: int):
     state = _clone(state)
     rows, k = drafts.shape
     T, B, C = k + 1, rows + 2, 64
-    strategy = SimpleNamespace(_process=None,
-                               kept_columns=DraftVerify.kept_columns, emitted=DraftVerify.emitted)
+    strategy = SimpleNamespace(_process=None, kept_columns=DraftVerify.kept_columns, emitted=DraftVerify.emitted,
+                               token_logprobs=DraftVerify.token_logprobs, logits_after=DraftVerify.logits_after)
     state.extra["_spec_proposer"] = PromptLookupProposer(max_ngram, 1)
     plan = GP.LookupPlan(strategy, state, Stopping(eos_token_ids=eos), SimpleNamespace(k=k))
     plan.fused = fused

@@ -108,10 +108,9 @@ class LookupPlan:
         """The tail as the target's argmax and log-probs, then one kernel (same results)."""
         state.attention_mask = mask[:state.rows]  # [rows, C]
         target = logits.argmax(-1)  # [rows, T], as greedy_verify
-        lp = torch.log_softmax(logits, -1).gather(-1, target[..., None])[..., 0]  # [rows, T], as emitted
+        lp = self.strategy.token_logprobs(logits, target)  # [rows, T], as emitted
         p = self.proposer
         lookup_step(state, target, lp, self.drafts, self.count, self.eos, ids_in, write, mask, self.stats,
                     self.accepted, p.max_ngram, p.min_ngram)
-        V = logits.shape[-1]
-        state.next_logits = logits.gather(1, self.accepted[:, None, None].expand(-1, 1, V))[:, 0]  # [rows, V]
+        state.next_logits = self.strategy.logits_after(logits, self.accepted)  # [rows, V], as emitted
         write.add_(self.width)

@@ -146,8 +146,8 @@ class DraftVerify(Strategy):
                                    and self._replays_steps(state, proposer, run))
         if run.fixed:
             run.k = cfg.graph_draft_tokens
-        cost = cfg.draft_policy == "cost" or (cfg.draft_policy == "auto" and not run.fixed)
-        if cfg.adaptive and cost and not run.trees:  # trees keep the schedule
+        cost_aware = cfg.draft_policy == "cost" or (cfg.draft_policy == "auto" and not run.fixed)
+        if cfg.adaptive and cost_aware and not run.trees:  # trees keep the schedule
             cost = cost_of_device(state.lm.device.type, cfg.verify_cost)
             policy = CostAwareLength(cfg.max_draft_tokens, cost, getattr(proposer, "bucket_priors", None))
             run.widths = WidthPicker(policy)
@@ -204,9 +204,19 @@ class DraftVerify(Strategy):
         (``tokens [rows, k + 1]``), with their log-probs under ``logits [rows, k + 1, V]``; the
         logits after the last accepted draft become ``state.next_logits``. The accepted drafts are
         in the cache (``cached``); the last token is pending."""
-        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]  # [rows, k + 1]
-        state.next_logits = logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+        logprobs = DraftVerify.token_logprobs(logits, tokens)  # [rows, k + 1]
+        state.next_logits = DraftVerify.logits_after(logits, accepted)  # [rows, V]
         return StepOutput(tokens, accepted + 1, logprobs, logits, cached=accepted)
+
+    @staticmethod
+    def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Log-probs ``[rows, T]`` of ``tokens [rows, T]`` under ``logits [rows, T, V]``."""
+        return torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+
+    @staticmethod
+    def logits_after(logits: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        """``logits [rows, T, V]`` at each row's position ``accepted [rows]``: ``[rows, V]``."""
+        return logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
 
     def keep_rows(self, state: DecodeState, index: torch.Tensor) -> None:
         """Finished rows leave the batch: the width picker's held verification (counted now), per-row
