@@ -11,15 +11,14 @@ Each variant runs as a CUDA graph of ``--calls`` back-to-back calls replayed ``-
 kernel wins). The calls cycle over copies of the weight that together exceed the L2 cache, as the
 layers of a real step do (``--hot``: one copy, L2-resident). ``fits`` is what ``gemv_fits`` says
 today; each path's max abs error is against an fp32 reference with the same roundings.
-Both forms run with their default blocks: "tc" on tensor cores (``tl.dot``, the rows padded to 16;
-``GEMV_DOT``, the default) and "cc" on CUDA cores. ``--sweep`` adds every (block_o, block_k,
-num_warps, split_k) of ``--block-o``, ``--block-k``, ``--warps`` and ``--split`` in each of ``--forms`` (those that make a distinct launch: block_k up to the reduction's power
+``--sweep`` adds every (block_o, block_k, num_warps, split_k) of ``--block-o``, ``--block-k``,
+``--warps`` and ``--split`` (those that make a distinct launch: block_k up to the reduction's power
 of two, split_k up to its block count, rows x block_o x block_k up to ``--max-tile``) and prints the
 best per shape at the end, to tune the defaults (``kernels._gemv_launch``) and ``GEMV_MAX_ELEMENTS``.
 ``--dry-run`` lists the swept launches without a GPU. Needs CUDA::
 
     python benchmarks/bench_gemv.py
-    python benchmarks/bench_gemv.py --shapes smollm2-135m --rows 1,4 --sweep --forms tc
+    python benchmarks/bench_gemv.py --shapes smollm2-135m --rows 1,4 --sweep
 """
 
 from __future__ import annotations
@@ -95,31 +94,23 @@ def ints(text: str) -> list[int]:
 
 
 def sweep(args: argparse.Namespace, N: int, inp: int) -> list[dict]:
-    """The distinct launches of the sweep for ``N`` rows times a reduction of ``inp``, in the forms of
-    ``--forms``: block_k up to ``inp``'s power of two ("full" is that), split_k up to the number of
-    blocks, no tile past ``--max-tile`` products (register spills); the tensor-core form pads the rows
-    to ``GEMV_MAX_ROWS`` and needs blocks of at least 16."""
+    """The distinct launches of the sweep for ``N`` rows times a reduction of ``inp``: block_k up to
+    ``inp``'s power of two ("full" is that), split_k up to the number of blocks, no tile past
+    ``--max-tile`` products (register spills)."""
     full = 1 << (inp - 1).bit_length()
+    bn = 1 << (N - 1).bit_length()
     ks = sorted({full if k == "full" else int(k) for k in args.block_k.split(",")})
-    launches = []
-    for form in args.forms.split(","):
-        dot = form == "tc"
-        bn = G.GEMV_MAX_ROWS if dot else 1 << (N - 1).bit_length()
-        launches += [dict(block_o=o, block_k=k, num_warps=w, split_k=sk, dot=dot)
-                     for o in ints(args.block_o) for k in ks if k <= full and bn * o * k <= args.max_tile
-                     and (not dot or min(o, k) >= 16)
-                     for sk in ints(args.split) if sk == 1 or sk <= math.ceil(inp / k)
-                     for w in ints(args.warps)]
-    return launches
+    return [dict(block_o=o, block_k=k, num_warps=w, split_k=sk)
+            for o in ints(args.block_o) for k in ks if k <= full and bn * o * k <= args.max_tile
+            for sk in ints(args.split) if sk == 1 or sk <= math.ceil(inp / k)
+            for w in ints(args.warps)]
 
 
 def tag(blocks: dict) -> str:
-    """``form block_o x block_k w num_warps s split_k``, or the form's defaults ("tc": tensor cores,
-    "cc": CUDA cores)."""
-    form = "tc" if blocks["dot"] else "cc"
-    if len(blocks) == 1:
-        return f"{form} default"
-    return f"{form} {blocks['block_o']}x{blocks['block_k']}w{blocks['num_warps']}s{blocks['split_k']}"
+    """``block_o x block_k w num_warps s split_k``, or "default"."""
+    if not blocks:
+        return "default"
+    return f"{blocks['block_o']}x{blocks['block_k']}w{blocks['num_warps']}s{blocks['split_k']}"
 
 
 def main() -> None:
@@ -127,12 +118,11 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--proj", default="qkv,gate_up,down,o,lm_head", help="projections, comma-separated")
-    p.add_argument("--rows", default="1,4,9,16", help="tokens per call (rows x step width), comma-separated")
+    p.add_argument("--rows", default="1,4,9", help="tokens per call (rows x step width), comma-separated")
     p.add_argument("--calls", type=int, default=100, help="back-to-back calls in one graph")
     p.add_argument("--replays", type=int, default=10, help="graph replays timed (the median is shown)")
     p.add_argument("--hot", action="store_true", help="one weight copy: reads from L2, not HBM")
     p.add_argument("--sweep", action="store_true", help="also time the launches below, print the best per shape")
-    p.add_argument("--forms", default="tc,cc", help="sweep: tc (tensor cores, tl.dot), cc (CUDA cores)")
     p.add_argument("--block-o", default="4,8,16,32", help="sweep: output features a program")
     p.add_argument("--block-k", default="64,128,256,512,full", help="sweep: reduction block (full: all of it)")
     p.add_argument("--warps", default="1,2,4,8", help="sweep: num_warps")
@@ -157,10 +147,9 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     print(f"command: {shlex.join([sys.executable] + sys.argv)}")
-    print(f"GEMV_DOT={G.GEMV_DOT} GEMV_MAX_ROWS={G.GEMV_MAX_ROWS} GEMV_FIT_ROWS={G.GEMV_FIT_ROWS} "
-          f"GEMV_MAX_ELEMENTS={G.GEMV_MAX_ELEMENTS} GEMV_O_PROJ={G.GEMV_O_PROJ}; "
+    print(f"GEMV_MAX_ROWS={G.GEMV_MAX_ROWS} GEMV_MAX_ELEMENTS={G.GEMV_MAX_ELEMENTS} GEMV_O_PROJ={G.GEMV_O_PROJ}; "
           f"{args.calls} calls a graph, median of {args.replays} replays, {'hot' if args.hot else 'cold'} L2")
-    print(f"{'shape':13s} {'proj':7s} {'kernel':15s} {'N':>2s} {'out x in':>12s} {'fits':>4s} {'blocks':>17s} "
+    print(f"{'shape':13s} {'proj':7s} {'kernel':15s} {'N':>2s} {'out x in':>12s} {'fits':>4s} {'blocks':>14s} "
           f"{'torch us':>8s} {'triton us':>9s} {'ratio':>6s} {'err torch':>9s} {'err triton':>10s}")
     best = []  # (case, torch us, default us, best us, best tag)
     for name, proj, kernel, out, inp, N in cases:
@@ -169,20 +158,19 @@ def main() -> None:
         t_base = per_call_us(base, args.calls, args.replays)
         e_base = err(base_out, ref)
         times = {}
-        defaults = [{"dot": True}] + ([{"dot": False}] if N <= G.GEMV_MAX_ROWS else [])
-        for blocks in defaults + (sweep(args, N, inp) if args.sweep else []):
+        for blocks in [{}] + (sweep(args, N, inp) if args.sweep else []):
             t_tri = times[tag(blocks)] = per_call_us(lambda i: tri(i, **blocks), args.calls, args.replays)
             print(f"{name:13s} {proj:7s} {kernel:15s} {N:2d} {f'{out}x{inp}':>12s} "
-                  f"{'yes' if G.gemv_fits(N, out, inp) else 'no':>4s} {tag(blocks):>17s} {t_base:8.2f} "
+                  f"{'yes' if G.gemv_fits(N, out, inp) else 'no':>4s} {tag(blocks):>14s} {t_base:8.2f} "
                   f"{t_tri:9.2f} {t_tri / t_base:6.2f} {e_base:9.2e} {err(tri_out(**blocks), ref):10.2e}", flush=True)
         top = min(times, key=times.get)
-        best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, times["tc default"], times[top], top))
+        best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, times["default"], times[top], top))
         del base, tri
         torch.cuda.empty_cache()
     if args.sweep:
         print("\nbest per shape (us per call; ratio = best / torch):")
         for what, t_base, t_def, t_best, top in best:
-            print(f"{what:55s} torch {t_base:6.2f} tc default {t_def:6.2f} best {t_best:6.2f} {top:>17s} "
+            print(f"{what:55s} torch {t_base:6.2f} default {t_def:6.2f} best {t_best:6.2f} {top:>14s} "
                   f"ratio {t_best / t_base:5.2f}")
 
 

@@ -35,8 +35,9 @@ from decodekit.strategies.speculative import graph_plan as GP  # noqa: E402
 
 # settings compared, each applied on top of the previous ones (module, name, value)
 VARIANTS = {
-    "cuda-cores": [(G, "GEMV_DOT", False), (G, "GEMV_HEAD", False)],  # GEMV for decode steps only
-    "tensor-cores": [(G, "GEMV_DOT", True)],  # GEMV for verify steps too (the default)
+    "torch-tail": [(GP, "LOOKUP_STEP", False), (G, "GEMV_FIT_ROWS", 4), (G, "GEMV_HEAD", False)],  # as before
+    "kernel-tail": [(GP, "LOOKUP_STEP", True)],
+    "gemv-verify-8": [(G, "GEMV_FIT_ROWS", 8)],
     "gemv-head": [(G, "GEMV_HEAD", True)],
 }
 TAILS: dict[str, tuple] = {}  # the last captured step tail of each decode kind, its forward's inputs, its state

@@ -16,16 +16,14 @@ about 14 kernels per layer, reading the model's own weights:
 * the residual additions fused into the output projections (``addmm_`` into the residual stream);
 * with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write, attention over
   the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all;
-* for a few tokens (decode and verify steps, up to 16) times a small weight
-  (:func:`~decodekit.fast.gemv.gemv_fits`): each RMSNorm inside the projection after it
-  (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul with the residual inside the down projection
-  (``act_linear_add_``) -- 6 kernels per layer: norm + q/k/v, rotary + cache write, attention,
-  output projection + residual, norm + gate/up, activation + down + residual; with ``GEMV_HEAD``
-  (off by default: slower than cuBLAS) the output head takes the final norm too
-  (:func:`~decodekit.fast.gemv.head_fits`). The GEMV kernels compute each row alone (a row's
-  result does not depend on the rows beside it), so a verify step's projections equal a decode
-  step's; the output head and prefill run cuBLAS, which may round differently with the number of
-  rows, so a verify step's logits equal a decode step's only to rounding.
+* for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.gemv.gemv_fits`):
+  each RMSNorm inside the projection after it (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul
+  with the residual inside the down projection (``act_linear_add_``) -- 6 kernels per layer: norm +
+  q/k/v, rotary + cache write, attention, output projection + residual, norm + gate/up, activation +
+  down + residual; with ``GEMV_HEAD`` (off by default: slower than cuBLAS) the output head takes the
+  final norm too (:func:`~decodekit.fast.gemv.head_fits`). The GEMV kernels compute each row alone
+  (a row's result does not depend on the rows beside it); wider steps run cuBLAS, which rounds
+  differently, so a verify step's logits equal a decode step's only to rounding.
 
 Numerically it is the model's function with different rounding: fp32 results agree with
 transformers' to ~1e-5, bf16 results to bf16 rounding (tests/fast/test_fused.py). It only runs on

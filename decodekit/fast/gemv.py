@@ -9,20 +9,18 @@ RMSNorm before it or the SiLU-and-mul before the down projection is one more ~2 
 * ``linear_add_``: the projection and the residual addition (the output projection, where
   :data:`GEMV_O_PROJ` says so).
 
-With ``rope_write`` and ``attend`` a decode or verify step of a small model is 6 kernels per layer,
-not 9. Each program owns a few output features, loads each weight tile once (contiguous along
-``in``) and reduces it against every row in fp32: on tensor cores (``tl.dot``, the rows padded to
-16; :data:`GEMV_DOT`, the default), or on CUDA cores (up to 4 rows; faster than cuBLAS at one row,
-slower from 5). A long reduction may be split over programs, the last of which sums the partials in
-a fixed order (bitwise reproducible). Either way a row's result does not depend on the rows beside
-it, so a decode step (1 token) and a verify step (k + 1 tokens) compute each token's projections bit
-for bit alike. Rounding as the kernels they replace: the activation rounded once to the weights'
-dtype, fp32 accumulation, one rounding of the output.
+With ``rope_write`` and ``attend`` a decode step of a small model is 6 kernels per layer, not 9,
+each GEMV faster than cuBLAS's at one row (:data:`GEMV`; wider steps keep cuBLAS). No ``tl.dot``:
+each program owns a few output features, loads each weight tile once (contiguous along ``in``) and
+reduces it against every row in fp32; a long reduction may be split over programs, the last of
+which sums the partials in a fixed order (bitwise reproducible). Rounding as the kernels they
+replace: the activation rounded once to the weights' dtype, fp32 accumulation, one rounding of the
+output.
 
 Example:
     >>> from decodekit.fast import gemv
-    >>> gemv.gemv_fits(1, 960, 576), gemv.gemv_fits(12, 960, 576), gemv.gemv_fits(40, 960, 576)
-    (True, True, False)
+    >>> gemv.gemv_fits(1, 960, 576), gemv.gemv_fits(12, 960, 576)
+    (True, False)
 """
 
 from __future__ import annotations
@@ -37,22 +35,19 @@ if triton is not None:
 __all__ = ["norm_linear", "act_linear_add_", "linear_add_", "gemv_fits", "head_fits"]
 
 # the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Per call on
-# an H200 (bf16, cold L2, default blocks), against RMSNorm / SiLU-and-mul + cuBLAS, the CUDA-core form:
-# at 1 row 0.5-0.75x for SmolLM2's shapes (q/k/v 2.6 vs 4.9 us, down 3.4 vs 6.9 us, o 2.7 vs 3.7 us)
-# and 0.8-1.15x for Llama-3.2-1B's; at 4 rows 0.7-1.05x for SmolLM2's; at 5-16 rows up to 1.6x slower
-# and worse (each program's work grows with the rows). The tensor-core form (GEMV_DOT) pads the rows to
-# 16 for tl.dot: its cost hardly depends on the rows, so verify steps take it too, and a decode step
-# and a verify step compute each token's projections bit for bit alike
+# an H200 (bf16, cold L2, default blocks), against RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x
+# for SmolLM2's shapes (q/k/v 2.6 vs 4.9 us, down 3.4 vs 6.9 us, o 2.7 vs 3.7 us) and 0.8-1.15x for
+# Llama-3.2-1B's; at 4 rows 0.7-1.05x for SmolLM2's; at 16 rows 1.5-20x slower (each program's work
+# grows with the rows): so they take decode steps of up to GEMV_FIT_ROWS tokens, verify steps keep cuBLAS
 GEMV = True
-GEMV_DOT = True  # the tensor-core form for every call (else the CUDA-core form, up to GEMV_FIT_ROWS)
-GEMV_FIT_ROWS = 4  # tokens per call (rows x step width) up to which gemv_fits chooses the CUDA-core form
-GEMV_MAX_ROWS = 16  # the most tokens per call the kernels take (the tensor-core form's padded rows)
-GEMV_BLOCK_K = 2048  # the CUDA-core form's reduction block's largest size (a whole reduction up to it)
-DOT_BLOCK_O, DOT_BLOCK_K = 16, 256  # the tensor-core form's default blocks (tl.dot needs >= 16 each)
+GEMV_FIT_ROWS = 4  # tokens per call (rows x step width) up to which gemv_fits chooses them
+GEMV_MAX_ROWS = 16  # the most tokens per call the kernels take: each program keeps [rows, block_o] sums
+GEMV_BLOCK_K = 2048  # the default reduction block's largest size (a whole reduction up to it)
 GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest weight they take; larger ones keep cuBLAS
 GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
 GEMV_HEAD = False  # the final norm and the output head as one norm_linear (slower than cuBLAS at one row)
 GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head it takes
+
 
 if triton is not None:
 
@@ -88,13 +83,10 @@ if triton is not None:
     def _gemv_kernel(a, g, w, bias, out, part, tickets, N, OUT, eps, s_a, s_w, s_out,
                      K: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr, NORM: tl.constexpr,
                      ACT: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr,
-                     BO: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr):
-        """``out (+)= act(a) @ w.T (+ bias)`` for the rows of ``a``. Program (i, s) owns output features
-        ``i * BO ..`` and reduction columns ``s * KS .. s * KS + KS - 1``; each weight tile ``[BO, BK]``
-        is loaded once (contiguous along ``in``) and used for all ``BN`` rows: reduced on CUDA cores, or
-        with ``DOT`` on tensor cores (``tl.dot`` of the ``[BN, BK]`` rows, BN >= 16, the real rows first:
-        a row's sums never depend on the rows beside it or on how many are real; ``DOT == 2``: in fp32,
-        for the interpreter)."""
+                     BO: tl.constexpr, BK: tl.constexpr):
+        """``out (+)= act(a) @ w.T (+ bias)`` for the rows of ``a``: no ``tl.dot``. Program (i, s) owns
+        output features ``i * BO ..`` and reduction columns ``s * KS .. s * KS + KS - 1``; each weight
+        tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and used for all ``BN`` rows."""
         po = tl.program_id(0)
         ks = tl.program_id(1)
         o = po * BO + tl.arange(0, BO)  # [BO]: this program's output features
@@ -116,12 +108,7 @@ if triton is not None:
             km = k < K
             v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
             wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)  # [BO, BK]
-            if DOT == 1:  # v holds values of w's dtype: exact in it; "ieee": no tf32 rounding for fp32
-                acc += tl.dot(v.to(wt.dtype), tl.trans(wt), input_precision="ieee")  # [BN, BO]
-            elif DOT == 2:  # the same in fp32 (Triton's CPU interpreter multiplies bf16 bit patterns)
-                acc += tl.dot(v, tl.trans(wt.to(tl.float32)), input_precision="ieee")  # [BN, BO]
-            else:
-                acc += tl.sum(v[:, None, :] * wt.to(tl.float32)[None, :, :], 2)  # [BN, BO]; exact bf16 products
+            acc += tl.sum(v[:, None, :] * wt.to(tl.float32)[None, :, :], 2)  # [BN, BO]; exact bf16 products
         if SPLIT > 1:  # split-K: partials [SPLIT, BN, OUT]; the last program of output block po sums them
             pm = nm[:, None] & om[None, :]
             tl.store(part + (ks * BN + n[:, None]) * OUT + o[None, :], acc, mask=pm)
@@ -139,23 +126,17 @@ if triton is not None:
             _gemv_store(acc, bias, out, n, nm, o, om, s_out, ADD, HAS_BIAS)
 
 
-def fit_rows() -> int:
-    """The most tokens per call :func:`gemv_fits` gives the GEMV kernels: :data:`GEMV_MAX_ROWS` in the
-    tensor-core form (:data:`GEMV_DOT`), :data:`GEMV_FIT_ROWS` in the CUDA-core form."""
-    return GEMV_MAX_ROWS if GEMV_DOT else GEMV_FIT_ROWS
-
-
 def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
     """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
-    suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode and
-    verify steps, :func:`fit_rows`) and a small weight (:data:`GEMV_MAX_ELEMENTS`), where
-    :data:`GEMV` is on. Prefill and large models keep cuBLAS.
+    suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode steps,
+    :data:`GEMV_FIT_ROWS`) and a small weight (:data:`GEMV_MAX_ELEMENTS`), where :data:`GEMV` is
+    on. Prefill, verify steps and large models keep cuBLAS.
 
     Example:
-        >>> gemv_fits(1, 960, 576), gemv_fits(9, 960, 576), gemv_fits(40, 960, 576), gemv_fits(1, 28672, 4096)
-        (True, True, False, False)
+        >>> gemv_fits(1, 960, 576), gemv_fits(12, 960, 576), gemv_fits(1, 28672, 4096)
+        (True, False, False)
     """
-    return GEMV and tokens <= fit_rows() and out_features * in_features <= GEMV_MAX_ELEMENTS
+    return GEMV and tokens <= GEMV_FIT_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
 
 
 def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
@@ -168,20 +149,18 @@ def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
         >>> head_fits(1, 49152, 576)   # GEMV_HEAD is off by default
         False
     """
-    return GEMV and GEMV_HEAD and tokens <= fit_rows() and vocab * hidden <= GEMV_HEAD_MAX_ELEMENTS
+    return GEMV and GEMV_HEAD and tokens <= GEMV_FIT_ROWS and vocab * hidden <= GEMV_HEAD_MAX_ELEMENTS
 
 
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,
-                 block_k: int | None, num_warps: int | None, split_k: int | None,
-                 dot: bool | None = None) -> tuple[tuple[int, int], dict]:
+                 block_k: int | None, num_warps: int | None, split_k: int | None) -> tuple[tuple[int, int], dict]:
     """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
 
-    ``dot``: the tensor-core form (default :data:`GEMV_DOT`): the rows padded to
-    :data:`GEMV_MAX_ROWS`, blocks of :data:`DOT_BLOCK_O` outputs x :data:`DOT_BLOCK_K` columns. The
-    CUDA-core form's rule, from an H200 sweep (bf16, cold L2) of SmolLM2-135M's and Llama-3.2-1B's
-    shapes at 1, 4 and 16 rows: 4 output features a program, however many programs that makes; the
-    whole reduction in one block up to 2048 columns (blocks of 2048 past that). Both: split-K only
-    where the output blocks are fewer than 128 and the reduction takes several blocks; 4 warps.
+    Default rule, from an H200 sweep (bf16, cold L2) of SmolLM2-135M's and Llama-3.2-1B's shapes at
+    1, 4 and 16 rows: 4 output features a program, however many programs that makes; the whole
+    reduction in one block up to 2048 columns (blocks of 2048 past that); split-K only where the
+    output blocks are fewer than 128 and the reduction takes several blocks; 4 warps. Smaller
+    reduction blocks, more outputs a program and split-K were slower or within a few percent.
     """
     N = x.shape[0]
     out_features, in_features = weight.shape
@@ -189,25 +168,16 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
         raise ValueError(f"decodekit.fast: {N} rows for a GEMV kernel (at most {GEMV_MAX_ROWS})")
     if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:
         raise ValueError("decodekit.fast: GEMV kernels need one dtype and contiguous last dims")
-    dot = GEMV_DOT if dot is None else bool(dot)
-    if dot:
-        block_o = block_o or DOT_BLOCK_O
-        block_k = block_k or min(max(16, _pow2(in_features)), DOT_BLOCK_K)
-        if min(block_o, block_k) < 16:
-            raise ValueError(f"decodekit.fast: the tensor-core GEMV needs blocks of >= 16 (block_o {block_o}, "
-                             f"block_k {block_k})")
-    else:
-        block_o = block_o or 4
-        block_k = block_k or min(_pow2(in_features), GEMV_BLOCK_K)
+    block_o = block_o or 4
+    block_k = block_k or min(_pow2(in_features), GEMV_BLOCK_K)
     blocks_o, blocks_k = triton.cdiv(out_features, block_o), triton.cdiv(in_features, block_k)
     if split_k is None:
         split_k = max(1, min(blocks_k, 128 // blocks_o))
     ks = triton.cdiv(blocks_k, min(split_k, blocks_k)) * block_k  # reduction columns a program, whole blocks
     split_k = triton.cdiv(in_features, ks)
     num_warps = num_warps or 4
-    mode = (2 if weight.device.type != "cuda" else 1) if dot else 0  # the kernel's DOT
-    return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=GEMV_MAX_ROWS if dot else _pow2(N),
-                                     BO=block_o, BK=block_k, DOT=mode, num_warps=num_warps)
+    return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=_pow2(N), BO=block_o, BK=block_k,
+                                     num_warps=num_warps)
 
 
 def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -235,7 +205,6 @@ def norm_linear(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
-    dot: bool | None = None,
 ) -> torch.Tensor:  # [N, out]
     """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` in one kernel.
 
@@ -243,9 +212,9 @@ def norm_linear(
     ``norm_weight``, once to x's dtype; the products accumulate in fp32 and round once. One program
     per ``block_o`` output features (and per ``split_k`` part of ``d``) takes every row: it first
     sums each row's squares over all of ``d``, then walks ``d`` in blocks of ``block_k`` (one block
-    when ``d`` fits), loading each weight tile once for all rows (``dot``: on tensor cores, default
-    :data:`GEMV_DOT`). For a few rows and a small weight (:func:`gemv_fits`); the keyword arguments
-    are for benchmarks (defaults: :func:`_gemv_launch`).
+    when ``d`` fits), loading each weight tile once for all rows (no ``tl.dot``). For a few rows and
+    a small weight (:func:`gemv_fits`); the keyword arguments are for benchmarks (defaults:
+    :func:`_gemv_launch`).
 
     Example:
         >>> x = torch.randn(3, 576, device="cuda", dtype=torch.bfloat16)           # doctest: +SKIP
@@ -254,7 +223,7 @@ def norm_linear(
         torch.Size([3, 960])
     """
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, dot=dot)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
     return _gemv(x, norm_weight, eps, weight, bias, out, True, False, False, blocks)
 
 
@@ -267,7 +236,6 @@ def act_linear_add_(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
-    dot: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += (silu(gate) * up) @ weight.T`` in place, in one kernel: the MLP's end and its residual.
 
@@ -286,7 +254,7 @@ def act_linear_add_(
     """
     if gate_up.shape[1] != 2 * weight.shape[1]:
         raise ValueError(f"decodekit.fast: gate_up {tuple(gate_up.shape)} for a weight {tuple(weight.shape)}")
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, dot=dot)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
     return _gemv(gate_up, None, 0.0, weight, None, x, False, True, True, blocks)
 
 
@@ -300,10 +268,9 @@ def linear_add_(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
-    dot: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += a @ weight.T (+ bias)`` in place, in one kernel (the output projection and its residual;
     the fused step uses it when :data:`GEMV_O_PROJ`). Rounds once, as ``x.addmm_``; blocks as
     :func:`act_linear_add_`."""
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, dot=dot)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
     return _gemv(a, None, 0.0, weight, bias, x, False, False, True, blocks)

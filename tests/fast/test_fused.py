@@ -5,8 +5,7 @@ widths, rows with holes in their masks), for Llama with GQA / MHA, Qwen2 (q/k/v 
 llama3 rope scaling; the modules keep working (their weights became views of the fused ones);
 greedy and sampling through the fused path equal the eager path token for token. With Triton, the
 decode and verify steps run the GEMV kernels (norm + projection, activation + down + residual, and
-the output projection; tensor-core form by default, the CUDA-core form for decode steps only),
-prefill keeps cuBLAS.
+once the output projection too), prefill keeps cuBLAS.
 """
 
 from __future__ import annotations
@@ -75,16 +74,13 @@ def _count_calls(monkeypatch, names: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 # the Triton variants run under Triton's interpreter on the CPU (slow): a subset of the cases;
-# "triton" is the default (tensor-core GEMV kernels for decode and verify steps of <= 16 tokens, with
-# the output projection), "triton-cuda-cores" the CUDA-core form (decode steps of <= 4 tokens),
-# "triton-plain" has no GEMV kernels (9 kernels a layer), "triton-gemv" the CUDA-core form up to 16
-# tokens (also the 12-token verify) without the output projection, "triton-o" with it
-LOGIT_CASES = [(name, "torch") for name in MODELS] + [
-    ("llama-gqa", "triton"), ("llama-gqa", "triton-cuda-cores"), ("llama-gqa", "triton-plain"),
-    ("llama-gqa", "triton-gemv"), ("qwen2-bias", "triton-o"), ("qwen2-bias", "triton")]
-GEMV_MODES = {"triton-plain": dict(GEMV=False), "triton-cuda-cores": dict(GEMV_DOT=False),
-              "triton-gemv": dict(GEMV_DOT=False, GEMV_FIT_ROWS=16, GEMV_O_PROJ=False),
-              "triton-o": dict(GEMV_DOT=False, GEMV_FIT_ROWS=16, GEMV_O_PROJ=True)}
+# "triton" is the default (GEMV kernels for decode steps of <= 4 tokens, with the output projection),
+# "triton-plain" has no GEMV kernels (9 kernels a layer), "triton-gemv" takes them up to 16 tokens
+# (also the 12-token verify) without the output projection, "triton-o" with it
+LOGIT_CASES = [(name, "torch") for name in MODELS] + [("llama-gqa", "triton"), ("llama-gqa", "triton-plain"),
+                                                      ("llama-gqa", "triton-gemv"), ("qwen2-bias", "triton-o")]
+GEMV_MODES = {"triton-plain": dict(GEMV=False), "triton-gemv": dict(GEMV_FIT_ROWS=16, GEMV_O_PROJ=False),
+              "triton-o": dict(GEMV_FIT_ROWS=16, GEMV_O_PROJ=True)}
 
 
 @pytest.mark.parametrize("name,mode", LOGIT_CASES, ids=[f"{n}-{m}" for n, m in LOGIT_CASES])
@@ -115,7 +111,7 @@ def test_fused_logits_equal_transformers(name, mode, monkeypatch):
         torch.testing.assert_close(hid_got, hid_want[:, -got.shape[1]:], rtol=1e-4, atol=1e-4)
         start += T
     layers = model.config.num_hidden_layers
-    if mode == "triton-cuda-cores":  # decode steps (3 tokens) fused, prefill and verify (12) cuBLAS
+    if mode == "triton":  # the defaults: decode steps (3 tokens) fused, prefill and verify (12) cuBLAS
         assert calls["rms_norm"] == [30] * 2 * layers + [12] * 2 * layers
         assert calls["norm_linear"] == [3] * 2 * layers + [3] * 2 * layers
         assert calls["act_linear_add_"] == [3] * layers + [3] * layers == calls["linear_add_"]
@@ -126,7 +122,7 @@ def test_fused_logits_equal_transformers(name, mode, monkeypatch):
         assert calls["rms_norm"] == [30] * 2 * layers
         assert calls["norm_linear"] == [3] * 2 * layers + [12] * 2 * layers + [3] * 2 * layers
         assert calls["act_linear_add_"] == [3] * layers + [12] * layers + [3] * layers
-        assert calls["linear_add_"] == (calls["act_linear_add_"] if mode in ("triton", "triton-o") else [])
+        assert calls["linear_add_"] == (calls["act_linear_add_"] if mode == "triton-o" else [])
     else:
         assert not any(calls.values())
     owned = mask[:, None, :start, None].bool().expand(-1, kv_ref[0].shape[1], -1, kv_ref[0].shape[-1])
@@ -167,13 +163,12 @@ def test_generation_through_the_fused_path_equals_eager(strategy, kw, kernels):
     assert fast.token_ids == eager.token_ids
 
 
-@pytest.mark.parametrize("dot", [False, True], ids=["cuda-cores", "tensor-cores"])
-def test_output_head_gemv(dot, monkeypatch):
+@pytest.mark.parametrize("fit_rows", [4, 16])
+def test_output_head_gemv(fit_rows, monkeypatch):
     """Without hidden states, decode and verify steps of a small model run the final norm and the
-    output head as one norm_linear (head_fits): logits as transformers' (steps wider than the
-    kernels take keep cuBLAS: the CUDA-core form's 5-token verify)."""
+    output head as one norm_linear (head_fits): logits as transformers' (wider steps keep cuBLAS)."""
     _kernels_or_skip(True)
-    monkeypatch.setattr(G, "GEMV_DOT", dot)
+    monkeypatch.setattr(G, "GEMV_FIT_ROWS", fit_rows)
     monkeypatch.setattr(G, "GEMV_HEAD", True)
     calls = _count_calls(monkeypatch, ("norm_linear",))
     model = MODELS["llama-gqa"]()
@@ -197,4 +192,4 @@ def test_output_head_gemv(dot, monkeypatch):
             G.gemv_fits(rows * T, 192, 64)))
         start += T
     assert G.head_fits(1, vocab, 64)
-    assert heads == [1, 1, int(dot), 1]  # prefill's last token, decode, verify if it fits, decode
+    assert heads == [1, 1, int(fit_rows >= 5), 1]  # prefill's last token, decode, verify if it fits, decode

@@ -133,43 +133,40 @@ def _rows(N: int, width: int, dtype, g) -> torch.Tensor:  # [N, width], rows 9 e
     return torch.randn(N, width + 9, generator=g, device=DEVICE).to(dtype)[:, :width]
 
 
-@pytest.mark.parametrize("dot", [False, True], ids=["cuda-cores", "tensor-cores"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("N,d,out,block_k", [(1, 72, 200, None), (3, 72, 200, None), (5, 72, 200, 32),
                                              (16, 40, 24, 16)])
-def test_norm_linear(dtype, bias, N, d, out, block_k, dot):
+def test_norm_linear(dtype, bias, N, d, out, block_k):
     g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + d)
     x = _rows(N, d, dtype, g)  # [N, d]
     norm_w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(dtype)
     w = torch.randn(out, d, generator=g, device=DEVICE).to(dtype)
     b = torch.randn(out, generator=g, device=DEVICE).to(dtype) if bias else None
-    got = G.norm_linear(x, norm_w, EPS, w, b, block_k=block_k, dot=dot)  # [N, out]
+    got = G.norm_linear(x, norm_w, EPS, w, b, block_k=block_k)  # [N, out]
     want = F.linear(_norm_ref(x, norm_w), w.float(), None if b is None else b.float())
     assert got.shape == (N, out) and got.dtype == dtype
     assert _rel(got, want) < TOL[dtype]
 
 
-@pytest.mark.parametrize("dot", [False, True], ids=["cuda-cores", "tensor-cores"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,d,ff,block_k", [(1, 72, 100, None), (3, 72, 100, None), (5, 72, 300, 64), (16, 24, 40, 16)])
-def test_act_linear_add_(dtype, N, d, ff, block_k, dot):
+def test_act_linear_add_(dtype, N, d, ff, block_k):
     g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + ff)
     x = torch.randn(N + 2, d, generator=g, device=DEVICE).to(dtype)  # rows past N must stay as they are
     x0 = x.clone()
     gate_up = _rows(N, 2 * ff, dtype, g)  # [N, 2 * ff]
     w = torch.randn(d, ff, generator=g, device=DEVICE).to(dtype)
-    assert G.act_linear_add_(x[:N], gate_up, w, block_k=block_k, dot=dot).data_ptr() == x.data_ptr()
+    assert G.act_linear_add_(x[:N], gate_up, w, block_k=block_k).data_ptr() == x.data_ptr()
     act = (F.silu(gate_up[:, :ff].float()) * gate_up[:, ff:].float()).to(dtype).float()  # silu_mul's rounding
     want = x0[:N].float() + act @ w.float().T
     assert _rel(x[:N], want) < TOL[dtype]
     assert torch.equal(x[N:], x0[N:])
 
 
-@pytest.mark.parametrize("dot", [False, True], ids=["cuda-cores", "tensor-cores"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
-def test_linear_add_(dtype, bias, dot):
+def test_linear_add_(dtype, bias):
     g = torch.Generator(device=DEVICE).manual_seed(5)
     N, d, k = 5, 72, 200
     x = torch.randn(N, d, generator=g, device=DEVICE).to(dtype)
@@ -177,14 +174,12 @@ def test_linear_add_(dtype, bias, dot):
     a = _rows(N, k, dtype, g)  # [N, k]
     w = torch.randn(d, k, generator=g, device=DEVICE).to(dtype)
     b = torch.randn(d, generator=g, device=DEVICE).to(dtype) if bias else None
-    assert G.linear_add_(x, a, w, b, dot=dot) is x
+    assert G.linear_add_(x, a, w, b) is x
     want = x0.float() + F.linear(a.float(), w.float(), None if b is None else b.float())
     assert _rel(x, want) < TOL[dtype]
 
 
 def test_gemv_limits(monkeypatch):
-    assert G.GEMV_DOT and G.gemv_fits(G.GEMV_MAX_ROWS, 3072, 576) and not G.gemv_fits(G.GEMV_MAX_ROWS + 1, 3072, 576)
-    monkeypatch.setattr(G, "GEMV_DOT", False)  # the CUDA-core form: decode steps only
     assert G.gemv_fits(G.GEMV_FIT_ROWS, 3072, 576) and not G.gemv_fits(G.GEMV_FIT_ROWS + 1, 3072, 576)
     monkeypatch.setattr(G, "GEMV", False)
     assert not G.gemv_fits(1, 960, 576)
@@ -194,39 +189,31 @@ def test_gemv_limits(monkeypatch):
         G.norm_linear(x, torch.ones(16, device=DEVICE), EPS, torch.zeros(16, 16, device=DEVICE))
     with pytest.raises(ValueError, match="dtype"):
         G.linear_add_(x[:2], x[:2].bfloat16(), torch.zeros(16, 16, device=DEVICE))
-    with pytest.raises(ValueError, match="blocks of >= 16"):
-        G.linear_add_(x[:2], x[:2], torch.zeros(16, 16, device=DEVICE), block_o=8, dot=True)
 
 
-@pytest.mark.parametrize("dot", [False, True], ids=["cuda-cores", "tensor-cores"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gemv_rows_are_independent(dtype, dot):
-    """A row's result is the same bits whatever the rows beside it and however many there are: what
-    makes a verify step's projections of a token equal a decode step's of it. (Under the interpreter
-    the tensor-core form's tl.dot is numpy's matmul, whose BLAS rounds a row by its place in a tile:
-    there only the row count is checked; on CUDA the MMA's sums are the same at every place.)"""
+def test_gemv_rows_are_independent(dtype):
+    """A row's result is the same bits whatever the rows beside it and however many there are (each
+    program reduces every row alone): a token's projections in a 4-token step equal a 1-token step's."""
     g = torch.Generator(device=DEVICE).manual_seed(21)
-    limit = G.GEMV_MAX_ROWS if dot else G.GEMV_FIT_ROWS
-    d, out, ff = 72, 200, 100
+    limit, d, out, ff = G.GEMV_FIT_ROWS, 72, 200, 100
     x = torch.randn(limit, d, generator=g, device=DEVICE).to(dtype)
     norm_w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(dtype)
     w = torch.randn(out, d, generator=g, device=DEVICE).to(dtype)
     gate_up = torch.randn(limit, 2 * ff, generator=g, device=DEVICE).to(dtype)
     down = torch.randn(d, ff, generator=g, device=DEVICE).to(dtype)
-    full = G.norm_linear(x, norm_w, EPS, w, dot=dot)  # [limit, out]
-    added = G.act_linear_add_(x.clone(), gate_up, down, dot=dot)  # [limit, d]
-    for n in sorted({1, 2, limit // 2 + 1, limit}):
+    full = G.norm_linear(x, norm_w, EPS, w)  # [limit, out]
+    added = G.act_linear_add_(x.clone(), gate_up, down)  # [limit, d]
+    for n in range(1, limit + 1):
         other = torch.randn(n, d, generator=g, device=DEVICE).to(dtype)
-        other[0] = x[n - 1]  # the row alone at the top, among other rows
-        assert torch.equal(G.norm_linear(x[:n], norm_w, EPS, w, dot=dot), full[:n])
-        if not dot or DEVICE.type == "cuda":
-            assert torch.equal(G.norm_linear(other, norm_w, EPS, w, dot=dot)[0], full[n - 1])
-        assert torch.equal(G.act_linear_add_(x[:n].clone(), gate_up[:n], down, dot=dot), added[:n])
+        other[0] = x[n - 1]  # the row at the top, among other rows
+        assert torch.equal(G.norm_linear(x[:n], norm_w, EPS, w), full[:n])
+        assert torch.equal(G.norm_linear(other, norm_w, EPS, w)[0], full[n - 1])
+        assert torch.equal(G.act_linear_add_(x[:n].clone(), gate_up[:n], down), added[:n])
 
 
-@pytest.mark.parametrize("dot", [False, True], ids=["cuda-cores", "tensor-cores"])
 @pytest.mark.parametrize("split_k", [1, 2, 4])
-def test_gemv_split_k_is_reproducible(split_k, dot):
+def test_gemv_split_k_is_reproducible(split_k):
     """Split-K (the last program of each output block sums the fp32 partials in split order) agrees
     with the reference, gives the same bits on a second call and leaves every ticket at zero; the
     reduction in one block (block_k 128 >= 100 columns) and several warps settings take the same path."""
@@ -237,31 +224,24 @@ def test_gemv_split_k_is_reproducible(split_k, dot):
     w = torch.randn(d, ff, generator=g, device=DEVICE)
     act = F.silu(gate_up[:, :ff]) * gate_up[:, ff:]
     want = x + act @ w.T
-    blocks = dict(block_o=16 if dot else 8, block_k=32 if split_k > 1 else 128, split_k=split_k, num_warps=2, dot=dot)
+    blocks = dict(block_o=8, block_k=32 if split_k > 1 else 128, split_k=split_k, num_warps=2)
     once = G.act_linear_add_(x.clone(), gate_up, w, **blocks)
     assert _rel(once, want) < TOL[torch.float32]
     assert torch.equal(G.act_linear_add_(x.clone(), gate_up, w, **blocks), once)
     norm_w = 1 + torch.randn(ff, generator=g, device=DEVICE)
-    normed = G.norm_linear(act, norm_w, EPS, w, block_o=16 if dot else 4, block_k=32, split_k=split_k, dot=dot)
+    normed = G.norm_linear(act, norm_w, EPS, w, block_o=4, block_k=32, split_k=split_k)  # [N, d]
     assert _rel(normed, F.linear(_norm_ref(act, norm_w), w)) < TOL[torch.float32]
     if split_k > 1:
         assert not K._tickets[x.device].any()  # reset for the next launch
 
 
 def test_gemv_default_blocks():
-    """The default launch. CUDA cores: 4 outputs a program, the whole reduction in one block up to 2048
-    columns, split-K only for few output blocks over several reduction blocks. Tensor cores: the rows
-    padded to 16, DOT_BLOCK_O x DOT_BLOCK_K blocks, the same split-K rule."""
+    """The default launch: 4 outputs a program, the whole reduction in one block up to 2048 columns,
+    split-K only for few output blocks over several reduction blocks."""
     w = torch.empty(960, 576)
-    launch = lambda x, w, a, *blocks, dot=False: G._gemv_launch(x, w, a, *(blocks or (None,) * 4), dot=dot)  # noqa: E731
-    grid, meta = launch(torch.empty(3, 960), w, torch.empty(3, 576))
-    assert grid == (240, 1) and (meta["BO"], meta["BK"], meta["KS"], meta["BN"], meta["DOT"]) == (4, 1024, 1024, 4, 0)
-    grid, meta = launch(torch.empty(1, 96), torch.empty(96, 8192), torch.empty(1, 8192))
+    grid, meta = G._gemv_launch(torch.empty(3, 960), w, torch.empty(3, 576), None, None, None, None)
+    assert grid == (240, 1) and (meta["BO"], meta["BK"], meta["KS"], meta["BN"]) == (4, 1024, 1024, 4)
+    grid, meta = G._gemv_launch(torch.empty(1, 96), torch.empty(96, 8192), torch.empty(1, 8192), None, None, None, None)
     assert grid == (24, 4) and (meta["BK"], meta["KS"], meta["SPLIT"]) == (2048, 2048, 4)
-    grid, meta = launch(torch.empty(1, 96), torch.empty(96, 300), torch.empty(1, 300), 8, 64, 1, 2)
+    grid, meta = G._gemv_launch(torch.empty(1, 96), torch.empty(96, 300), torch.empty(1, 300), 8, 64, 1, 2)
     assert grid == (12, 2) and (meta["KS"], meta["num_warps"]) == (192, 1)  # 5 blocks: 3 + 2
-    grid, meta = launch(torch.empty(3, 960), w, torch.empty(3, 576), dot=True)
-    blocks_k = -(-576 // G.DOT_BLOCK_K)
-    assert (meta["BO"], meta["BK"], meta["BN"]) == (G.DOT_BLOCK_O, G.DOT_BLOCK_K, G.GEMV_MAX_ROWS)
-    assert grid[0] == 960 // G.DOT_BLOCK_O and grid[1] == min(blocks_k, max(1, 128 // grid[0]))
-    assert meta["DOT"] == 2  # fp32 tl.dot on the CPU (the interpreter); 1 on CUDA
