@@ -3,7 +3,9 @@
 Per shape (SmolLM2: 9 heads / 3 kv heads / 64; Llama-3.1-8B: 32 / 8 / 128) and case (tokens, cache
 columns, filled columns): microseconds per call for SDPA with the fast path's 4-D bias (GQA folded
 into the query length, as the fused step without kernels runs it) and for ``attend`` with each
-column-block size, with a second combine kernel and with the last block combining. Needs CUDA::
+column-block size, with a second combine kernel ("2") and with the last block combining ("L"), the
+latter also with the combine loading ``COMBINE_ELEMENTS`` = 4096 partial outputs at a time ("L4k";
+default 16384). Needs CUDA::
 
     python benchmarks/bench_kernels.py
 """
@@ -22,7 +24,8 @@ from decodekit.fast.attention import attention_bias  # noqa: E402
 from graph_timing import per_call_us  # noqa: E402
 
 SHAPES = {"smollm2": (9, 3, 64), "llama-3.1-8b": (32, 8, 128)}
-CASES = [(1, 1, 384, 168), (1, 8, 384, 168), (4, 1, 384, 168), (1, 1, 2048, 1900)]  # rows, T, C, filled
+CASES = [(1, 1, 384, 64), (1, 1, 384, 168), (1, 5, 512, 270), (1, 8, 384, 168), (4, 1, 384, 168),
+         (1, 1, 2048, 1900)]  # rows, T, C, filled
 
 
 def main() -> None:
@@ -41,7 +44,6 @@ def main() -> None:
             write = torch.arange(filled, filled + T, device=dev)
             cols = torch.arange(C, device=dev)
             g = h // kv
-            want = None
 
             def sdpa():
                 bias = attention_bias(mask, cols, write, torch.bfloat16)
@@ -52,12 +54,14 @@ def main() -> None:
             ref = sdpa().view(rows, kv, g, T, hd).permute(0, 3, 1, 2, 4).reshape(N, h, hd).float()
             row = [f"{name:13s} rows={rows} T={T} C={C} filled={filled}: sdpa {per_call_us(lambda i: sdpa(), 30):6.2f} us"]
             for block_c in (16, 32, 64):
-                for last in (False, True):
+                for last, combine in ((False, 16384), (True, 16384), (True, 4096)):
+                    K.COMBINE_ELEMENTS = combine
                     fn = lambda b=block_c, l=last: K.attend(q, keys, values, mask, write, hd ** -0.5,  # noqa: E731
                                                             block_c=b, last_combines=l)
                     err = float((fn().float() - ref).norm() / ref.norm())
-                    want = want or err
-                    row.append(f"b{block_c}{'L' if last else '2'} {per_call_us(lambda i, f=fn: f(), 30):6.2f} ({err:.0e})")
+                    label = f"b{block_c}{'L' if last else '2'}{'4k' if combine == 4096 else ''}"
+                    row.append(f"{label} {per_call_us(lambda i, f=fn: f(), 30):6.2f} ({err:.0e})")
+            K.COMBINE_ELEMENTS = 16384
             print("  ".join(row), flush=True)
 
 

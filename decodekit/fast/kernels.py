@@ -46,6 +46,7 @@ __all__ = ["kernel_reason", "launch", "rms_norm", "rope_write", "attend", "atten
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
+COMBINE_ELEMENTS = 16384  # partial outputs (blocks x GP x head_dim floats) the combine loads at once
 
 
 def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
@@ -121,13 +122,14 @@ if triton is not None:
     @triton.jit
     def _combine(part_m, part_l, part_o, out, n, j, S, s_on, s_oh, base, G: tl.constexpr, GP: tl.constexpr,
                  HD: tl.constexpr, BLOCK_D: tl.constexpr, SP: tl.constexpr, RB: tl.constexpr):
-        """Combine the ``S`` partial softmaxes at ``base`` into the output of (token n, kv head j)."""
+        """Combine the first ``S`` partial softmaxes at ``base`` (the blocks that hold columns up to the
+        token's own) into the output of (token n, kv head j)."""
         gi = tl.arange(0, GP)
         d = tl.arange(0, BLOCK_D)
         top = tl.full([GP], -1e30, tl.float32)
         total = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, BLOCK_D], tl.float32)
-        for b0 in range(0, SP, RB):  # RB partials at a time, combined online
+        for b0 in range(0, SP, RB):  # RB partials at a time, combined online (loads past S read nothing)
             sb = b0 + tl.arange(0, RB)
             used = sb < S
             # .cg: read from L2, not a stale L1 line (other programs wrote the partials)
@@ -157,43 +159,46 @@ if triton is not None:
         b = tl.program_id(2)  # column block: columns b * BLOCK_C ..
         r = n // T
         t = n % T
-        gi = tl.arange(0, GP)
-        d = tl.arange(0, BLOCK_D)
-        qm = (gi[:, None] < G) & (d[None, :] < HD)
-        qv = tl.load(q + n * s_qn + (j * G + gi[:, None]) * s_qh + d[None, :], mask=qm, other=0.0)
-        qv = qv.to(tl.float32) * scale  # [GP, BLOCK_D]
         last = tl.load(write + t)  # the token's own column: it sees owned columns <= last
-        c = b * BLOCK_C + tl.arange(0, BLOCK_C)
-        seen = c <= last  # [BLOCK_C]; blocks past ``last`` read no memory
-        kvm = seen[:, None] & (d[None, :] < HD)  # the mask, k and v loads do not wait for each other
-        own = seen & (tl.load(mask + r * s_mr + c, mask=seen, other=0) > 0)  # [BLOCK_C]
-        k = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
-        v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
-        v = tl.where(own[:, None], v.to(tl.float32), 0.0)  # unowned columns may hold anything
-        s = tl.sum(qv[:, None, :] * k.to(tl.float32)[None, :, :], 2)  # [GP, BLOCK_C]
-        s = tl.where(own[None, :], s, float("-inf"))
-        m = tl.maximum(tl.max(s, 1), -1e30)  # [GP]; -1e30 when the block owns no column
-        p = tl.exp(s - m[:, None])  # [GP, BLOCK_C]
-        o = tl.sum(p[:, :, None] * v[None, :, :], 1)  # [GP, BLOCK_D]
         head = n * tl.num_programs(1) + j
         base = head * SP  # partials [N, kv, SP, GP(, BLOCK_D)]
-        tl.store(part_m + (base + b) * GP + gi, m)
-        tl.store(part_l + (base + b) * GP + gi, tl.sum(p, 1))
-        tl.store(part_o + ((base + b) * GP + gi[:, None]) * BLOCK_D + d[None, :], o)
+        if b * BLOCK_C <= last:  # blocks past the token's own column do nothing but take their ticket
+            gi = tl.arange(0, GP)
+            d = tl.arange(0, BLOCK_D)
+            qm = (gi[:, None] < G) & (d[None, :] < HD)
+            qv = tl.load(q + n * s_qn + (j * G + gi[:, None]) * s_qh + d[None, :], mask=qm, other=0.0)
+            qv = qv.to(tl.float32) * scale  # [GP, BLOCK_D]
+            c = b * BLOCK_C + tl.arange(0, BLOCK_C)
+            seen = c <= last  # [BLOCK_C]
+            kvm = seen[:, None] & (d[None, :] < HD)  # the mask, k and v loads do not wait for each other
+            own = seen & (tl.load(mask + r * s_mr + c, mask=seen, other=0) > 0)  # [BLOCK_C]
+            k = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
+            v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
+            v = tl.where(own[:, None], v.to(tl.float32), 0.0)  # unowned columns may hold anything
+            s = tl.sum(qv[:, None, :] * k.to(tl.float32)[None, :, :], 2)  # [GP, BLOCK_C]
+            s = tl.where(own[None, :], s, float("-inf"))
+            m = tl.maximum(tl.max(s, 1), -1e30)  # [GP]; -1e30 when the block owns no column
+            p = tl.exp(s - m[:, None])  # [GP, BLOCK_C]
+            o = tl.sum(p[:, :, None] * v[None, :, :], 1)  # [GP, BLOCK_D]
+            tl.store(part_m + (base + b) * GP + gi, m)
+            tl.store(part_l + (base + b) * GP + gi, tl.sum(p, 1))
+            tl.store(part_o + ((base + b) * GP + gi[:, None]) * BLOCK_D + d[None, :], o)
         if LAST_COMBINES:  # the last block of (token, head) to finish combines: no second kernel
             tl.debug_barrier()  # every thread's partial stores are issued before the ticket
             ticket = tl.atomic_add(tickets + head, 1, sem="acq_rel", scope="gpu")
             if ticket == S - 1:
-                _combine(part_m, part_l, part_o, out, n, j, S, s_on, s_oh, base, G, GP, HD, BLOCK_D, SP, RB)
+                used = tl.minimum(last // BLOCK_C + 1, S)  # blocks that wrote partials
+                _combine(part_m, part_l, part_o, out, n, j, used, s_on, s_oh, base, G, GP, HD, BLOCK_D, SP, RB)
                 tl.atomic_xchg(tickets + head, 0, sem="relaxed", scope="gpu")  # reset for the next launch
 
-    @triton.jit(do_not_specialize=["S"])
-    def _attend_reduce_kernel(part_m, part_l, part_o, out, S, s_on, s_oh,
+    @triton.jit(do_not_specialize=["T", "S"])
+    def _attend_reduce_kernel(part_m, part_l, part_o, out, write, T, S, s_on, s_oh,
                               G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
-                              SP: tl.constexpr, RB: tl.constexpr):
+                              BLOCK_C: tl.constexpr, SP: tl.constexpr, RB: tl.constexpr):
         n = tl.program_id(0)
         j = tl.program_id(1)
-        _combine(part_m, part_l, part_o, out, n, j, S, s_on, s_oh, (n * tl.num_programs(1) + j) * SP,
+        used = tl.minimum(tl.load(write + n % T) // BLOCK_C + 1, S)  # blocks that wrote partials
+        _combine(part_m, part_l, part_o, out, n, j, used, s_on, s_oh, (n * tl.num_programs(1) + j) * SP,
                  G, GP, HD, BLOCK_D, SP, RB)
 
     @triton.jit
@@ -279,8 +284,8 @@ def attend(
     Split over column blocks (flash-decoding): one program per (token, kv head, block of columns)
     writes a partial softmax (max, sum, weighted values); the last program of each (token, kv head)
     to finish combines them (an atomic ticket; under Triton's interpreter a second kernel does).
-    Blocks past a token's own column read no memory, so the cost follows the filled length, not the
-    capacity. ``block_c`` (columns per program) and ``last_combines`` are for benchmarks.
+    Blocks past a token's own column read and write no memory and the combine reads only the blocks
+    before them, so the cost follows the filled length, not the capacity. ``block_c`` (columns per program) and ``last_combines`` are for benchmarks.
     """
     N, h, hd = q.shape
     kvh, C = keys.shape[1], keys.shape[2]
@@ -289,7 +294,7 @@ def attend(
     block_c = block_c or _block_c(C, gp, block_d)
     S = triton.cdiv(C, block_c)  # <= MAX_SPLITS
     sp = _pow2(S)
-    rb = min(sp, max(2, 16384 // (gp * block_d)))  # partials combined per pass
+    rb = min(sp, max(2, COMBINE_ELEMENTS // (gp * block_d)))  # partials combined per pass
     if last_combines is None:
         last_combines = q.device.type == "cuda"
     part_m = torch.empty(N, kvh, sp, gp, dtype=torch.float32, device=q.device)
@@ -305,8 +310,9 @@ def attend(
         G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb, LAST_COMBINES=last_combines,
         num_warps=4)
     if not last_combines:
-        launch(_attend_reduce_kernel, (N, kvh), part_m, part_l, part_o, out, S, out.stride(0), out.stride(1),
-               G=g, GP=gp, HD=hd, BLOCK_D=block_d, SP=sp, RB=rb, num_warps=4)
+        launch(_attend_reduce_kernel, (N, kvh), part_m, part_l, part_o, out, write, write.shape[0], S,
+               out.stride(0), out.stride(1), G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb,
+               num_warps=4)
     return out
 
 

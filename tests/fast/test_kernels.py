@@ -119,6 +119,36 @@ def test_attend_ignores_masked_columns_holding_garbage(last_combines):
     assert torch.equal(before, after)
 
 
+class _NanScratch:
+    """``torch`` for the kernels module, whose ``empty`` / ``empty_like`` return NaN-filled tensors."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*shape, **kw):
+        return torch.full(shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape, float("nan"), **kw)
+
+    @staticmethod
+    def empty_like(t, **kw):
+        return torch.full_like(t, float("nan"), **kw)
+
+
+@pytest.mark.parametrize("last_combines", [False, True])
+def test_attend_reads_only_the_blocks_it_wrote(last_combines, monkeypatch):
+    """Blocks past a token's own column write no partials and the combine reads none of theirs: with
+    every scratch buffer NaN to start with, a short fill of a long cache gives the same result."""
+    c = _case(1, 2, 4, 2, 16, 600, torch.float32, seed=11)
+    write = torch.tensor([20, 40], device=DEVICE)  # blocks 0-1 of 38 (block_c 16)
+    q = K.rope_write(c["qkv"], c["cos"], c["sin"], write, c["keys"], c["values"], 4, 2, 16)
+    mask = torch.ones(2, 600, dtype=torch.long, device=DEVICE)
+    want = K.attend(q, c["keys"], c["values"], mask, write, 0.25, block_c=16, last_combines=last_combines)
+    assert not want.isnan().any()
+    monkeypatch.setattr(K, "torch", _NanScratch())
+    got = K.attend(q, c["keys"], c["values"], mask, write, 0.25, block_c=16, last_combines=last_combines)
+    assert torch.equal(got, want)
+
+
 # the GEMV kernels: a few rows (N <= 16) times a small weight; odd sizes (d = 72, out = 200); an eps
 # large enough that dropping it shows; rows of x and gate_up strided, as views into wider buffers
 EPS = 0.1
