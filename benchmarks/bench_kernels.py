@@ -7,11 +7,12 @@ column-block size, with a second combine kernel ("2") and with the last block co
 latter also with the combine loading ``COMBINE_ELEMENTS`` = 4096 partial outputs at a time ("L4k";
 default 16384). Needs CUDA::
 
-    python benchmarks/bench_kernels.py
+    python benchmarks/bench_kernels.py [--shapes llama-3.1-8b]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -29,11 +30,15 @@ CASES = [(1, 1, 384, 64), (1, 1, 384, 168), (1, 5, 512, 270), (1, 8, 384, 168), 
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+    args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs CUDA")
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    for name, (h, kv, hd) in SHAPES.items():
+    for name in args.shapes.split(","):
+        h, kv, hd = SHAPES[name]
         for rows, T, C, filled in CASES:
             N = rows * T
             q = torch.randn(N, h, hd, device=dev, dtype=torch.bfloat16)

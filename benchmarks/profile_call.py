@@ -2,8 +2,10 @@
 
 A random-weight model of ``--shape`` (``bench_gpu.SHAPES``), greedy, ``--tokens`` new tokens from a
 32-token prompt as in ``bench_gpu.py``: two warm-up calls, then the wall time of one call against
-``tokens x`` one decode forward's replay, and a cProfile of one call (the ``--top`` functions by
-cumulative time).
+``tokens x`` one decode forward's replay; the prefill's own time (the GPU synchronised before and
+after it); the GPU timeline of one call (torch.profiler): kernel time, the idle gaps between
+kernels and the largest of them, the kernels by total time; and a cProfile of one call (the
+``--top`` functions by cumulative time).
 
 Usage::
 
@@ -26,6 +28,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_gpu as B  # noqa: E402
 
 import decodekit  # noqa: E402
+from decodekit import loop  # noqa: E402
+
+
+def timeline(call, top: int) -> None:
+    """GPU kernels of one call: busy time, idle gaps, the largest gaps, the kernels by total time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events)
+    busy, gaps, end = 0.0, [], None
+    for i, (a, b, name) in enumerate(spans):
+        if end is not None and a > end:
+            gaps.append((a - end, i, name))
+        busy += max(0.0, b - max(a, end or a))
+        end = b if end is None else max(end, b)
+    first, last = spans[0][0], end
+    print(f"timeline (profiled, {1e3 * wall:.1f} ms wall): {len(spans)} kernels / copies from "
+          f"{(last - first) / 1e3:.1f} ms first to last, busy {busy / 1e3:.1f} ms, idle {sum(g for g, _, _ in gaps) / 1e3:.2f} ms "
+          f"in {len(gaps)} gaps", flush=True)
+    for g, i, name in sorted(gaps, reverse=True)[:10]:
+        print(f"  gap {g:8.1f} us before event {i:6d} ({name[:70]})")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70), flush=True)
+
+
+def prefill_time(call) -> float:
+    """Seconds of one call's prefill with the GPU synchronised before and after it."""
+    inner, spent = loop.prefill, []
+
+    def timed(*args, **kw):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        state = inner(*args, **kw)
+        torch.cuda.synchronize()
+        spent.append(time.perf_counter() - t)
+        return state
+
+    loop.prefill = timed
+    try:
+        call()
+    finally:
+        loop.prefill = inner
+    return spent[0]
 
 
 def main() -> None:
@@ -60,6 +110,8 @@ def main() -> None:
     print(f"{args.shape}: one call {1e3 * wall:.1f} ms for {n} tokens; {n} decode replays "
           f"{1e3 * n * replay:.1f} ms; the rest {1e3 * (wall - n * replay):.1f} ms "
           f"(prefill {1e3 * gen.stats.prefill_time_s:.1f} ms)", flush=True)
+    print(f"prefill, synchronised: {1e3 * prefill_time(call):.1f} ms", flush=True)
+    timeline(call, args.top)
     prof = cProfile.Profile()
     prof.enable()
     call()
