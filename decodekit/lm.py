@@ -32,6 +32,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from decodekit.cpu_head import PlainHead
 from decodekit.fast import FastCache, FastPath, unsupported_reason
 from decodekit.models import load_model
+from decodekit.transfer import to_device
 
 __all__ = ["LM", "Forward", "Encoded", "load"]
 
@@ -118,7 +119,7 @@ class LM:
             if toks:
                 ids[r, width - len(toks):] = torch.tensor(toks, dtype=torch.long)
                 mask[r, width - len(toks):] = 1
-        return Encoded(ids.to(self.device), mask.to(self.device), [len(t) for t in token_lists])
+        return Encoded(to_device(ids, self.device), to_device(mask, self.device), [len(t) for t in token_lists])
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -22,6 +22,7 @@ from decodekit.state import DecodeState, Flag, Generation, Stats, StepOutput
 from decodekit.stopping import Stopping
 from decodekit.strategies.base import Strategy
 from decodekit.streaming import Stream
+from decodekit.transfer import to_device
 
 __all__ = ["run", "prefill"]
 
@@ -97,7 +98,7 @@ def prefill(lm, prompts: list[list[int]], max_new_tokens: int, generator, user_p
     device = enc.ids.device
     ids = torch.full((rows, width + max_new_tokens), lm.pad_token_id, dtype=torch.long, device=device)
     ids[:, :width] = enc.ids
-    lengths = torch.tensor(enc.lengths, device=device)  # [rows]
+    lengths = to_device(enc.lengths, device)  # [rows]
     room = (lm.max_length - lengths) if lm.max_length else torch.full_like(lengths, max_new_tokens)
     return DecodeState(
         lm=lm,

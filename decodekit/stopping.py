@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from decodekit.state import FINISH_CODES, DecodeState, StepOutput
+from decodekit.transfer import to_device
 
 __all__ = ["Stopping", "STOP_WINDOW"]
 
@@ -83,7 +84,7 @@ class Stopping:
 
     def _eos_on(self, device: torch.device) -> torch.Tensor:
         if self._eos is None or self._eos.device != device:
-            self._eos = torch.tensor(list(self.eos_token_ids), device=device)
+            self._eos = to_device(list(self.eos_token_ids), device, torch.long)
         return self._eos  # [n_eos] long
 
     def update(self, state: DecodeState) -> None:

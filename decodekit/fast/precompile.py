@@ -12,8 +12,9 @@ compiles to a thread pool, then builds the launchers and loads the binaries on t
 forwards that follow find the kernels ready. The dry forwards leave the slab as it was: with the
 kernels on, every write into the cache is a Triton kernel's, and none runs.
 
-Widths: the slab's first forward (usually the prefill) and a one-token decode step. Others (verify
-widths, more rows) compile on first use as before. Where the kernels are already in Triton's cache
+Widths: the slab's first forward (usually the prefill) and a one-token decode step, with greedy's
+choice after it (:mod:`decodekit.fast.pick`). Others (verify widths, more rows) compile on first
+use as before. Where the kernels are already in Triton's cache
 a precompile costs the two dry forwards' host time (a few ms for the default model).
 
 Example:
@@ -34,6 +35,7 @@ import torch
 
 from decodekit.fast import kernels as K
 from decodekit.fast.attention import SlabView
+from decodekit.fast.pick import greedy_pick, pick_fits
 
 __all__ = ["precompile", "PRECOMPILE"]
 
@@ -61,7 +63,11 @@ def precompile(path, slab, widths: list[int]) -> float:
                         T = min(T, slab.capacity)
                         ids = torch.full((slab.rows, T), path.pad_id, dtype=torch.long, device=path.device)
                         write = slab.cols[:T]  # [T]
-                        path.eager_fn(slab.mask, slab.cols, ids, write, SlabView(slab.kv, write), T > 1, False)
+                        logits, _ = path.eager_fn(slab.mask, slab.cols, ids, write, SlabView(slab.kv, write),
+                                                  T > 1, False)  # [rows, T or 1, vocab]
+                        if T == 1 and pick_fits(logits[:, -1]):
+                            greedy_pick(logits[:, -1])  # a greedy step's choice after it
+
                 finally:
                     K.COMPILE_ONLY.reset(dry)
             # a compiled kernel's first launch still builds its C launcher (a compiler run) and loads

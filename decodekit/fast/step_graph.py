@@ -50,6 +50,7 @@ from decodekit.fast.cache import FastCache
 from decodekit.fast.kernels import kernel_reason
 from decodekit.fast.token_step import finish_step
 from decodekit.state import DecodeState
+from decodekit.transfer import to_device
 
 __all__ = ["StepGraph", "Plan", "TokenPlan", "TOKEN_STEP"]
 
@@ -86,7 +87,7 @@ class TokenPlan:
         self.strategy, self.body = strategy, body
         self.fused = (TOKEN_STEP and kernel_reason(device) is None
                       and not (stopping.stop_strings or stopping.criteria))
-        self.eos = torch.tensor(list(stopping.eos_token_ids), dtype=torch.long, device=device)  # [n_eos]
+        self.eos = to_device(list(stopping.eos_token_ids), device, torch.long)  # [n_eos]
 
     def feed(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
         return state.pending[:, None], torch.ones_like(state.pending)[:, None]
@@ -222,8 +223,7 @@ class StepGraph:
         collecting = gc.isenabled()
         gc.disable()  # freeing another graph or pool while capturing is not allowed
         try:
-            with torch.cuda.graph(graph, pool=self.slab.path.pool):
-                self._tail(state, logits, inputs, strict=True)
+            _capture_queued(graph, self.slab.path.pool, lambda: self._tail(state, logits, inputs, strict=True))
         except _NotCapturable:  # nothing ran: put the fields back and take the step eagerly
             for k, old in self.fields.items():
                 setattr(state, k, old)
@@ -236,6 +236,28 @@ class StepGraph:
                 gc.enable()
         graph.replay()
         return graph
+
+
+_side_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _capture_queued(graph: torch.cuda.CUDAGraph, pool, body: Callable[[], None]) -> None:
+    """Capture ``body`` into ``graph`` (memory from ``pool``) on a side stream, as ``torch.cuda.graph``
+    does but without its device synchronisation and cache emptying: the steps queued before go on
+    running while the host captures, instead of the GPU idling once per decode. Replays are ordered
+    on the stream that launches them."""
+    main = torch.cuda.current_stream()
+    side = _side_streams.get(main.device)
+    if side is None:
+        side = _side_streams[main.device] = torch.cuda.Stream(device=main.device)
+    side.wait_stream(main)  # the side stream's (eager) work, if any, after what is queued
+    with torch.cuda.stream(side):
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            body()
+        finally:
+            graph.capture_end()
+    main.wait_stream(side)
 
 
 def _same(old: torch.Tensor, new) -> bool:

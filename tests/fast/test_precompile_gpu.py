@@ -16,11 +16,13 @@ import decodekit.fast.precompile as P
 from decodekit.fast import FastPath
 from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
+from decodekit.fast import pick as PK
 from tests.toy import ByteTokenizer, tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-KERNELS = [K._rms_norm_kernel, K._rope_write_kernel, K._attend_split_kernel, K._silu_mul_kernel, G._gemv_kernel]
+KERNELS = [K._rms_norm_kernel, K._rope_write_kernel, K._attend_split_kernel, K._silu_mul_kernel, G._gemv_kernel,
+           PK._pick_kernel]
 
 
 def _compiled() -> int:
@@ -53,6 +55,7 @@ def test_precompile_covers_prefill_and_decode(lm):
     slab.run(ids, 0, True, False)  # prefill
     slab.mask[:1, 23] = 1
     slab.run(ids[:, :1], 23, False, False)  # a decode step (captures its graph)
+    PK.greedy_pick(torch.randn(1, lm.vocab_size, device="cuda"))  # greedy's choice after it
     assert _compiled() == after, "a forward compiled a kernel the precompile missed"
 
 

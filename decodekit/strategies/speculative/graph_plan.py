@@ -30,6 +30,7 @@ from decodekit.fast.lookup_step import lookup_step
 from decodekit.state import DecodeState
 from decodekit.strategies.speculative.proposer import DraftContext
 from decodekit.strategies.speculative.verify import greedy_verify
+from decodekit.transfer import to_device
 
 __all__ = ["LookupPlan", "STATS", "LOOKUP_STEP"]
 
@@ -63,7 +64,7 @@ class LookupPlan:
 
         self.fused = (LOOKUP_STEP and type(self.proposer) is PromptLookupProposer and kernel_reason(dev) is None
                       and not (stopping.stop_strings or stopping.criteria))
-        self.eos = torch.tensor(list(stopping.eos_token_ids), dtype=torch.long, device=dev)  # [n_eos]
+        self.eos = to_device(list(stopping.eos_token_ids), dev, torch.long)  # [n_eos]
         self.accepted = torch.zeros(rows, dtype=torch.long, device=dev)  # [rows] drafts each row accepted
 
     def _draft(self, state: DecodeState) -> None:

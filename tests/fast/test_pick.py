@@ -1,0 +1,56 @@
+"""greedy_pick (decodekit.fast.pick): torch.argmax's token and log_softmax's log-prob of it, in one
+kernel split over the vocabulary. Compiled on CUDA, under Triton's interpreter elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decodekit.fast import kernels as K
+from decodekit.fast import pick as P
+from decodekit.fast.pick import greedy_pick
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_reason = K.kernel_reason(DEVICE, interpret=True)
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"decodekit's Triton kernels: {_reason}")
+
+
+def _want(logits: torch.Tensor):
+    tokens = logits.argmax(-1)
+    return tokens, torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])
+
+
+@pytest.mark.parametrize("last_combines", [False, True], ids=["two-kernels", "last-block-combines"])
+@pytest.mark.parametrize("rows,V,block", [(1, 49152, 4096), (3, 1000, 128), (2, 130, 64), (4, 257, 256)])
+def test_greedy_pick_equals_torch(rows, V, block, last_combines, monkeypatch):
+    monkeypatch.setattr(P, "BLOCK", block)
+    g = torch.Generator(device=DEVICE).manual_seed(rows * V)
+    logits = 4 * torch.randn(rows, V + 5, generator=g, device=DEVICE)[:, :V]  # rows strided
+    logits[0, V // 3] = -float("inf")  # masked entries are fine
+    tokens, logprobs = greedy_pick(logits, last_combines=last_combines)
+    want_t, want_lp = _want(logits)
+    assert tokens.dtype == torch.long and logprobs.shape == (rows, 1)
+    assert torch.equal(tokens, want_t)
+    torch.testing.assert_close(logprobs, want_lp, rtol=1e-5, atol=1e-5)
+    if last_combines:
+        assert not K._tickets[logits.device].any()  # every ticket left at zero for the next launch
+
+
+@pytest.mark.parametrize("last_combines", [False, True], ids=["two-kernels", "last-block-combines"])
+def test_greedy_pick_ties_take_the_first_index(last_combines, monkeypatch):
+    """The largest value several times, in one block and across blocks: the first index, as argmax."""
+    monkeypatch.setattr(P, "BLOCK", 64)
+    logits = torch.zeros(3, 300, device=DEVICE)
+    logits[0, [70, 71, 250]] = 5.0  # across blocks 1 and 3: 70
+    logits[1, [255, 130]] = 2.0  # the later block holds the later index: 130
+    logits[2, :] = 1.0  # all equal: 0, log-prob -log(300)
+    tokens, logprobs = greedy_pick(logits, last_combines=last_combines)
+    assert tokens.tolist() == [70, 130, 0] == logits.argmax(-1).tolist()
+    torch.testing.assert_close(logprobs[2, 0], torch.tensor(-torch.log(torch.tensor(300.0)).item(), device=DEVICE))
+
+
+def test_greedy_pick_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[rows, vocab\]"):
+        greedy_pick(torch.zeros(2, 3, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="contiguous"):
+        greedy_pick(torch.zeros(8, 2, device=DEVICE).t())

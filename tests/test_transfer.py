@@ -1,0 +1,51 @@
+"""to_device: host values to the device without waiting for the queued GPU work; the step tail's
+capture likewise (no device synchronisation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decodekit.fast.step_graph import _capture_queued
+from decodekit.transfer import to_device
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_to_device_values_and_dtype():
+    got = to_device([[1, 2], [3, 4]], torch.device("cpu"), torch.long)
+    assert got.dtype == torch.long and got.tolist() == [[1, 2], [3, 4]]
+    host = torch.tensor([1.5, 2.5])
+    assert to_device(host, "cpu", torch.float64).dtype == torch.float64
+    assert to_device([True, False], "cpu").dtype == torch.bool
+
+
+def _busy_gpu() -> torch.cuda.Event:
+    """Queue ~0.5 s of GPU work; the event completes after it."""
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(0.5 * 2e9))  # cycles, ~1-2 GHz
+    done = torch.cuda.Event()
+    done.record()
+    return done
+
+
+@pytest.mark.gpu
+@cuda
+def test_to_device_does_not_wait_for_queued_work():
+    busy = _busy_gpu()
+    got = to_device(list(range(1000)), torch.device("cuda"), torch.long)
+    assert not busy.query()  # the host came back while the GPU was still busy
+    assert got.device.type == "cuda" and got.sum().item() == sum(range(1000))  # ordered after the copy
+
+
+@pytest.mark.gpu
+@cuda
+def test_tail_capture_does_not_wait_for_queued_work():
+    x = torch.zeros(4, device="cuda")
+    busy = _busy_gpu()
+    graph = torch.cuda.CUDAGraph()
+    _capture_queued(graph, None, lambda: x.add_(1))
+    assert not busy.query()
+    graph.replay()
+    graph.replay()
+    assert x.tolist() == [2.0] * 4  # capturing ran nothing; each replay adds once
