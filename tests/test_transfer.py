@@ -21,9 +21,9 @@ def test_to_device_values_and_dtype():
 
 
 def _busy_gpu() -> torch.cuda.Event:
-    """Queue ~0.5 s of GPU work; the event completes after it."""
+    """Queue ~1-2 s of GPU work; the event completes after it."""
     torch.cuda.synchronize()
-    torch.cuda._sleep(int(0.5 * 2e9))  # cycles, ~1-2 GHz
+    torch.cuda._sleep(int(2e9))  # cycles, ~1-2 GHz
     done = torch.cuda.Event()
     done.record()
     return done
@@ -42,6 +42,8 @@ def test_to_device_does_not_wait_for_queued_work():
 @cuda
 def test_tail_capture_does_not_wait_for_queued_work():
     x = torch.zeros(4, device="cuda")
+    x.add_(1)  # the kernel loaded (a module's first load may wait for the device), as the eager warm-up does
+    x.zero_()
     busy = _busy_gpu()
     graph = torch.cuda.CUDAGraph()
     _capture_queued(graph, None, lambda: x.add_(1))
