@@ -43,6 +43,7 @@ if K.triton is not None:
         s = tl.load(part_s + r * BP + p, mask=on, other=0.0, cache_modifier=".cg")
         top = tl.max(m, 0)
         first = tl.min(tl.where(on & (m == top), i, 2147483647), 0)  # blocks in order: the first index
+        first = tl.where(first == 2147483647, 0, first)  # NaN logits: still a valid token
         total = tl.sum(tl.where(on, s * tl.exp(m - top), 0.0), 0)
         tl.store(tokens + r, first.to(tl.int64))
         tl.store(logprobs + r, -tl.log(total))  # x[token] - (top + log(total)), x[token] == top
@@ -53,9 +54,10 @@ if K.triton is not None:
         r = tl.program_id(0)
         b = tl.program_id(1)
         v = b * BLOCK + tl.arange(0, BLOCK)
-        x = tl.load(logits + r * s_row + v, mask=v < V, other=float("-inf")).to(tl.float32)  # [BLOCK]
+        inside = v < V
+        x = tl.load(logits + r * s_row + v, mask=inside, other=float("-inf")).to(tl.float32)  # [BLOCK]
         m = tl.max(x, 0)
-        i = tl.min(tl.where(x == m, v, 2147483647), 0)  # the first index of the block's max
+        i = tl.min(tl.where(inside & (x == m), v, 2147483647), 0)  # the first index of the max (none: NaN)
         tl.store(part_m + r * BP + b, m)
         tl.store(part_i + r * BP + b, i)
         tl.store(part_s + r * BP + b, tl.sum(tl.exp(x - m), 0))
@@ -81,8 +83,10 @@ def pick_fits(logits: torch.Tensor) -> bool:
 def greedy_pick(logits: torch.Tensor, *, last_combines: bool | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # tokens [rows] long, logprobs [rows, 1] float32
     """``logits.argmax(-1)`` and ``log_softmax(logits, -1).gather(-1, argmax[:, None])`` for ``logits
-    [rows, vocab]`` (last dim contiguous), in one kernel (module docstring). The values must be
-    finite or ``-inf`` (not all ``-inf``, no NaN). ``last_combines`` is for tests (default: on CUDA)."""
+    [rows, vocab]`` (last dim contiguous), in one kernel (module docstring). For finite or ``-inf``
+    values (a row of only ``-inf``: token 0, log-prob NaN, as torch); a row with NaN gets a valid
+    token id (torch's argmax: the NaN's index) and a NaN log-prob. ``last_combines`` is for tests
+    (default: on CUDA)."""
     if logits.dim() != 2 or logits.stride(-1) != 1:
         raise ValueError(f"decodekit.fast: greedy_pick takes [rows, vocab] logits with a contiguous last dim, "
                          f"got {tuple(logits.shape)} strides {logits.stride()}")

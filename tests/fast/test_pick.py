@@ -49,6 +49,21 @@ def test_greedy_pick_ties_take_the_first_index(last_combines, monkeypatch):
     torch.testing.assert_close(logprobs[2, 0], torch.tensor(-torch.log(torch.tensor(300.0)).item(), device=DEVICE))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on NaN
+@pytest.mark.parametrize("last_combines", [False, True], ids=["two-kernels", "last-block-combines"])
+def test_greedy_pick_nan_rows_still_give_a_token_id(last_combines, monkeypatch):
+    """A broken model's NaN logits must not become an out-of-range token id (a device-side assert in
+    the next embedding lookup): any id in range, NaN log-prob; the other rows are unaffected."""
+    monkeypatch.setattr(P, "BLOCK", 64)
+    logits = torch.randn(3, 300, generator=torch.Generator(device=DEVICE).manual_seed(3), device=DEVICE)
+    logits[0] = float("nan")
+    logits[1, 100] = float("nan")
+    tokens, logprobs = greedy_pick(logits, last_combines=last_combines)
+    assert all(0 <= t < 300 for t in tokens.tolist())
+    assert logprobs[0].isnan().all()
+    assert tokens[2] == logits[2].argmax()
+
+
 def test_greedy_pick_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"\[rows, vocab\]"):
         greedy_pick(torch.zeros(2, 3, 4, device=DEVICE))
