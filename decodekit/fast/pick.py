@@ -60,7 +60,7 @@ if K.triton is not None:
         i = tl.min(tl.where(inside & (x == m), v, 2147483647), 0)  # the first index of the max (none: NaN)
         tl.store(part_m + r * BP + b, m)
         tl.store(part_i + r * BP + b, i)
-        tl.store(part_s + r * BP + b, tl.sum(tl.exp(x - m), 0))
+        tl.store(part_s + r * BP + b, tl.where(m == float("-inf"), 0.0, tl.sum(tl.exp(x - m), 0)))  # 0: all -inf
         if LAST_COMBINES:
             tl.debug_barrier()  # every thread's partial stores are issued before the ticket
             ticket = tl.atomic_add(tickets + r, 1, sem="acq_rel", scope="gpu")

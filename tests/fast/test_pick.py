@@ -49,6 +49,20 @@ def test_greedy_pick_ties_take_the_first_index(last_combines, monkeypatch):
     torch.testing.assert_close(logprobs[2, 0], torch.tensor(-torch.log(torch.tensor(300.0)).item(), device=DEVICE))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on -inf - -inf
+@pytest.mark.parametrize("last_combines", [False, True], ids=["two-kernels", "last-block-combines"])
+def test_greedy_pick_blocks_of_only_minus_inf(last_combines, monkeypatch):
+    """A block whose every entry is -inf (a masked-out part of the vocabulary) adds nothing."""
+    monkeypatch.setattr(P, "BLOCK", 64)
+    logits = torch.randn(2, 300, generator=torch.Generator(device=DEVICE).manual_seed(4), device=DEVICE)
+    logits[0, :128] = -float("inf")  # blocks 0 and 1
+    logits[1, 256:] = -float("inf")  # the last block, partly past the vocabulary
+    tokens, logprobs = greedy_pick(logits, last_combines=last_combines)
+    want_t, want_lp = _want(logits)
+    assert torch.equal(tokens, want_t)
+    torch.testing.assert_close(logprobs, want_lp, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy on NaN
 @pytest.mark.parametrize("last_combines", [False, True], ids=["two-kernels", "last-block-combines"])
 def test_greedy_pick_nan_rows_still_give_a_token_id(last_combines, monkeypatch):
