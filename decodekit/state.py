@@ -38,9 +38,11 @@ class StepOutput:
     cached: torch.Tensor | None = None
 
     @staticmethod
-    def single(tokens: torch.Tensor, logits: torch.Tensor) -> "StepOutput":
-        """One token per row (``tokens [rows]``) chosen from ``logits [rows, vocab]``."""
-        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens[:, None])  # [rows, 1]
+    def single(tokens: torch.Tensor, logits: torch.Tensor, logprobs: torch.Tensor | None = None) -> "StepOutput":
+        """One token per row (``tokens [rows]``) chosen from ``logits [rows, vocab]``; ``logprobs
+        [rows, 1]`` where the caller has them already (else from ``log_softmax``)."""
+        if logprobs is None:
+            logprobs = torch.log_softmax(logits, -1).gather(-1, tokens[:, None])  # [rows, 1]
         count = torch.ones_like(tokens)
         return StepOutput(tokens[:, None], count, logprobs, logits[:, None, :])
 

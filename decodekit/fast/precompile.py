@@ -67,7 +67,6 @@ def precompile(path, slab, widths: list[int]) -> float:
                                                   T > 1, False)  # [rows, T or 1, vocab]
                         if T == 1 and pick_fits(logits[:, -1]):
                             greedy_pick(logits[:, -1])  # a greedy step's choice after it
-
                 finally:
                     K.COMPILE_ONLY.reset(dry)
             # a compiled kernel's first launch still builds its C launcher (a compiler run) and loads

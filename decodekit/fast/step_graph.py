@@ -244,8 +244,9 @@ _side_streams: dict[torch.device, torch.cuda.Stream] = {}
 def _capture_queued(graph: torch.cuda.CUDAGraph, pool, body: Callable[[], None]) -> None:
     """Capture ``body`` into ``graph`` (memory from ``pool``) on a side stream, as ``torch.cuda.graph``
     does but without its explicit device synchronisation and without emptying the allocators'
-    caches (it frees every cached device block and pinned host block before each capture; here
-    once per decode). Replays are ordered on the stream that launches them. (On an H200 with torch
+    caches (it frees every cached device block, and in recent torch every pinned host block, before
+    each capture -- here once per decode: the next decode's :func:`~decodekit.transfer.to_device`
+    would pin memory anew). Replays are ordered on the stream that launches them. (On an H200 with torch
     2.11 the host still waited for the queued work somewhere inside the capture:
     tests/test_transfer.py measures it but does not require it.)"""
     main = torch.cuda.current_stream()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from decodekit.config import StrategyConfig
 from decodekit.fast.pick import greedy_pick, pick_fits
 from decodekit.fast.step_graph import TokenPlan
@@ -61,5 +59,5 @@ class Greedy(Strategy):
             scores = apply_processors(self.processors, scores, state.history())
         elif scores is logits and pick_fits(logits):  # CUDA: argmax and its log-prob in one kernel
             tokens, logprobs = greedy_pick(logits)  # [rows], [rows, 1]
-            return StepOutput(tokens[:, None], torch.ones_like(tokens), logprobs, logits[:, None, :])
+            return StepOutput.single(tokens, logits, logprobs)
         return StepOutput.single(scores.argmax(-1), logits)

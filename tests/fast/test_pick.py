@@ -83,3 +83,28 @@ def test_greedy_pick_rejects_bad_shapes():
         greedy_pick(torch.zeros(2, 3, 4, device=DEVICE))
     with pytest.raises(ValueError, match="contiguous"):
         greedy_pick(torch.zeros(8, 2, device=DEVICE).t())
+
+
+def test_greedy_strategy_with_the_kernel_equals_greedy_with_torch(monkeypatch):
+    """The greedy strategy's kernel branch (on CUDA by default; forced here) decodes the same tokens as
+    its argmax / log_softmax branch, with the same log-probs to fp32 rounding."""
+    import decodekit
+    from decodekit.strategies import greedy as GR
+    from tests.toy import ByteTokenizer, tiny_model
+
+    lm = decodekit.load(tiny_model(seed=0).to(DEVICE), ByteTokenizer())  # fp32; on CUDA the graph path
+    prompts = ["Hello there", "A"]
+    monkeypatch.setattr(GR, "pick_fits", lambda logits: False)  # torch's argmax and log_softmax
+    want = decodekit.generate(lm, prompts, max_new_tokens=12)
+    calls = []
+
+    def fits(logits):
+        calls.append(logits.shape)
+        return logits.dim() == 2 and logits.dtype == torch.float32 and logits.stride(-1) == 1
+
+    monkeypatch.setattr(GR, "pick_fits", fits)
+    got = decodekit.generate(lm, prompts, max_new_tokens=12)
+    assert calls, "the kernel branch did not run"
+    assert got.token_ids == want.token_ids
+    for a, b in zip(got.logprobs, want.logprobs):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
