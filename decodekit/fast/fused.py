@@ -14,13 +14,14 @@ about 14 kernels per layer, reading the model's own weights:
 * grouped-query attention without repeating keys: the ``g`` query heads of one key/value head are
   folded into the query length, so SDPA sees ``kv_heads`` heads of ``g * T`` queries;
 * the residual additions fused into the output projections (``addmm_`` into the residual stream);
-* with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write, attention over
-  the static cache and SiLU-and-mul as one kernel each -- ~9 kernels per layer in all;
+* with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write + attention over
+  the static cache (one kernel for decode and verify steps; rotary + cache write, then SDPA, for
+  prefill and long caches) and SiLU-and-mul as one kernel each -- ~8 kernels per layer in all;
 * for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.gemv.gemv_fits`):
   each RMSNorm inside the projection after it (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul
-  with the residual inside the down projection (``act_linear_add_``) -- 6 kernels per layer: norm +
-  q/k/v, rotary + cache write, attention, output projection + residual, norm + gate/up, activation +
-  down + residual; with ``GEMV_HEAD`` (off by default: slower than cuBLAS) the output head takes the
+  with the residual inside the down projection (``act_linear_add_``) -- 5 kernels per layer: norm +
+  q/k/v, rotary + cache write + attention, output projection + residual, norm + gate/up, activation
+  + down + residual; with ``GEMV_HEAD`` (off by default: slower than cuBLAS) the output head takes the
   final norm too (:func:`~decodekit.fast.gemv.head_fits`). The GEMV kernels compute each row alone
   (a row's result does not depend on the rows beside it); wider steps run cuBLAS, which rounds
   differently, so a verify step's logits equal a decode step's only to rounding.
@@ -205,12 +206,11 @@ class FusedLlama:
         for i, layer in enumerate(self.layers):
             keys, values = view.layers[i].keys, view.layers[i].values  # [rows, kv, C, hd] each
             qkv = self._norm_linear(x, layer.norm1, layer.qkv, layer.qkv_bias)  # [N, (h + 2kv) * hd]
-            if self.kernels:
+            if attend:  # rotary, cache write and attention in one kernel
+                o = K.rope_attend(qkv, cos, sin, write, keys, values, mask, h, kvh, hd, self.scale).view(N, h * hd)
+            elif self.kernels:
                 q = K.rope_write(qkv, cos, sin, write, keys, values, h, kvh, hd)  # [N, h, hd]
-                if attend:
-                    o = K.attend(q, keys, values, mask, write, self.scale).view(N, h * hd)
-                else:
-                    o = self._sdpa(q.view(rows, T, h, hd), keys, values, bias)
+                o = self._sdpa(q.view(rows, T, h, hd), keys, values, bias)
             else:
                 qkv = qkv.view(rows, T, h + 2 * kvh, hd)
                 qk = qkv[:, :, :h + kvh]  # [rows, T, h+kv, hd]

@@ -9,7 +9,7 @@ RMSNorm before it or the SiLU-and-mul before the down projection is one more ~2 
 * ``linear_add_``: the projection and the residual addition (the output projection, where
   :data:`GEMV_O_PROJ` says so).
 
-With ``rope_write`` and ``attend`` a decode step of a small model is 6 kernels per layer, not 9,
+With ``rope_attend`` a decode step of a small model is 5 kernels per layer, not 8,
 each GEMV faster than cuBLAS's at one row (:data:`GEMV`; wider steps keep cuBLAS). No ``tl.dot``:
 each program owns a few output features, loads each weight tile once (contiguous along ``in``) and
 reduces it against every row in fp32; a long reduction may be split over programs, the last of

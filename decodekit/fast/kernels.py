@@ -11,6 +11,9 @@ transformers' building blocks spend several kernels where one does:
   mask directly (no 4-D bias, no GQA repetition), split over column blocks (flash-decoding: on
   CUDA the last block of each token and head combines the partials, under Triton's interpreter a
   second kernel does); blocks past a token's own column read no memory; softmax in fp32;
+* ``rope_attend``: both in one kernel (the fused step's decode and verify steps): the attention
+  programs rotate their queries, take the step's new keys / values from the projection and write
+  them into the cache -- one launch per layer fewer, same results;
 * ``rms_norm``: one program per row; ``silu_mul``: ``silu(gate) * up`` from the fused gate/up
   product in one pass;
 * the GEMV kernels with RMSNorm, SiLU-and-mul and the residual inside live in
@@ -42,7 +45,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-__all__ = ["kernel_reason", "launch", "rms_norm", "rope_write", "attend", "attend_fits", "silu_mul"]
+__all__ = ["kernel_reason", "launch", "rms_norm", "rope_write", "attend", "rope_attend", "attend_fits", "silu_mul"]
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
@@ -93,6 +96,17 @@ if triton is not None:
         g = tl.load(w + i, mask=m, other=0.0).to(tl.float32)
         tl.store(out + n * s_out + i, (v * r * g).to(out.dtype.element_ty), mask=m)
 
+    @triton.jit
+    def _rotate(src, cs, sn, d, m, HD: tl.constexpr):
+        """The rotary embedding (``rotate_half`` convention), in fp32, of the head(s) at ``src`` (``[1]``
+        or ``[heads, 1]`` pointers; ``m`` masks their loads) with the cos / sin rows at ``cs`` / ``sn``."""
+        half = HD // 2
+        x = tl.load(src + d, mask=m, other=0.0).to(tl.float32)
+        xs = tl.load(src + (d + half) % HD, mask=m, other=0.0).to(tl.float32)  # rotate_half, unsigned
+        c = tl.load(cs + d, mask=d < HD, other=0.0).to(tl.float32)
+        s = tl.load(sn + d, mask=d < HD, other=0.0).to(tl.float32)
+        return x * c + tl.where(d < half, -xs, xs) * s
+
     @triton.jit(do_not_specialize=["T"])  # one compile for prefill, decode (T = 1) and verify widths
     def _rope_write_kernel(qkv, cos, sin, write, keys, values, q_out, T,
                            s_qkv, s_cs, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_qn, s_qh,
@@ -103,13 +117,7 @@ if triton is not None:
         t = n % T
         d = tl.arange(0, BLOCK_D)
         m = d < HD
-        half = HD // 2
-        src = qkv + n * s_qkv + hh * HD
-        x = tl.load(src + d, mask=m, other=0.0).to(tl.float32)
-        xs = tl.load(src + (d + half) % HD, mask=m, other=0.0).to(tl.float32)  # rotate_half, unsigned
-        c = tl.load(cos + n * s_cs + d, mask=m, other=0.0).to(tl.float32)
-        s = tl.load(sin + n * s_cs + d, mask=m, other=0.0).to(tl.float32)
-        y = x * c + tl.where(d < half, -xs, xs) * s
+        y = _rotate(qkv + n * s_qkv + hh * HD, cos + n * s_cs, sin + n * s_cs, d, m, HD)  # [BLOCK_D]
         if hh < H:
             tl.store(q_out + n * s_qn + hh * s_qh + d, y.to(q_out.dtype.element_ty), mask=m)
         else:
@@ -150,10 +158,16 @@ if triton is not None:
         tl.store(out + n * s_on + (j * G + gi[:, None]) * s_oh + d[None, :], res.to(out.dtype.element_ty), mask=qm)
 
     @triton.jit(do_not_specialize=["T", "S"])
-    def _attend_split_kernel(q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, T, S, scale,
-                             s_qn, s_qh, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr, s_on, s_oh,
+    def _attend_split_kernel(q, keys, values, mask, write, part_m, part_l, part_o, out, tickets, cos, sin,
+                             T, S, scale, s_qn, s_qh, s_cs, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr, s_on, s_oh,
                              G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_C: tl.constexpr, SP: tl.constexpr, RB: tl.constexpr, LAST_COMBINES: tl.constexpr):
+                             BLOCK_C: tl.constexpr, SP: tl.constexpr, RB: tl.constexpr, LAST_COMBINES: tl.constexpr,
+                             ROPE: tl.constexpr, H: tl.constexpr, KVH: tl.constexpr):
+        """With ``ROPE``, ``q`` is the raw q/k/v projection ``[N, (H + 2 KVH) * HD]``: the program rotates
+        its queries, takes the step's new keys / values from it rather than from the cache (rounded to
+        the cache's dtype, as the cache will hold them) and, in the block holding its token's own
+        column, writes the token's key and value into the cache: rotary, cache write and attention in
+        one kernel, each result equal to :func:`rope_write` followed by the plain kernel."""
         n = tl.program_id(0)  # token: row n // T, step token n % T
         j = tl.program_id(1)  # kv head: query heads j * G .. j * G + G - 1
         b = tl.program_id(2)  # column block: columns b * BLOCK_C ..
@@ -166,7 +180,11 @@ if triton is not None:
             gi = tl.arange(0, GP)
             d = tl.arange(0, BLOCK_D)
             qm = (gi[:, None] < G) & (d[None, :] < HD)
-            qv = tl.load(q + n * s_qn + (j * G + gi[:, None]) * s_qh + d[None, :], mask=qm, other=0.0)
+            qp = q + n * s_qn + (j * G + gi[:, None]) * s_qh  # [GP, 1]
+            if ROPE:  # rotated as rope_write does, rounded to the dtype it stores
+                qv = _rotate(qp, cos + n * s_cs, sin + n * s_cs, d, qm, HD).to(out.dtype.element_ty)
+            else:
+                qv = tl.load(qp + d[None, :], mask=qm, other=0.0)
             qv = qv.to(tl.float32) * scale  # [GP, BLOCK_D]
             c = b * BLOCK_C + tl.arange(0, BLOCK_C)
             seen = c <= last  # [BLOCK_C]
@@ -174,8 +192,28 @@ if triton is not None:
             own = seen & (tl.load(mask + r * s_mr + c, mask=seen, other=0) > 0)  # [BLOCK_C]
             k = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
             v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
-            v = tl.where(own[:, None], v.to(tl.float32), 0.0)  # unowned columns may hold anything
-            s = tl.sum(qv[:, None, :] * k.to(tl.float32)[None, :, :], 2)  # [GP, BLOCK_C]
+            k = k.to(tl.float32)  # [BLOCK_C, BLOCK_D]
+            v = v.to(tl.float32)
+            if ROPE:  # the step's new columns in this block come from the projection, not the cache
+                dm = d < HD
+                t2 = 0
+                while t2 < T:  # (a while loop: Triton's interpreter cannot range() over a runtime int)
+                    col = tl.load(write + t2)
+                    if (col >= b * BLOCK_C) & (col < b * BLOCK_C + BLOCK_C) & (col <= last):
+                        n2 = r * T + t2
+                        kn = _rotate(q + n2 * s_qn + (H + j) * HD, cos + n2 * s_cs, sin + n2 * s_cs, d, dm, HD)
+                        kn = kn.to(keys.dtype.element_ty)  # [BLOCK_D]
+                        vn = tl.load(q + n2 * s_qn + (H + KVH + j) * HD + d, mask=dm, other=0.0)
+                        vn = vn.to(values.dtype.element_ty)
+                        hit = (c == col)[:, None]  # [BLOCK_C, 1]
+                        k = tl.where(hit, kn.to(tl.float32)[None, :], k)
+                        v = tl.where(hit, vn.to(tl.float32)[None, :], v)
+                        if t2 == t:  # the token's own key and value: written once, by this program
+                            tl.store(keys + r * s_kr + j * s_kh + col * s_kc + d, kn, mask=dm)
+                            tl.store(values + r * s_vr + j * s_vh + col * s_vc + d, vn, mask=dm)
+                    t2 += 1
+            v = tl.where(own[:, None], v, 0.0)  # unowned columns may hold anything
+            s = tl.sum(qv[:, None, :] * k[None, :, :], 2)  # [GP, BLOCK_C]
             s = tl.where(own[None, :], s, float("-inf"))
             m = tl.maximum(tl.max(s, 1), -1e30)  # [GP]; -1e30 when the block owns no column
             p = tl.exp(s - m[:, None])  # [GP, BLOCK_C]
@@ -285,9 +323,41 @@ def attend(
     writes a partial softmax (max, sum, weighted values); the last program of each (token, kv head)
     to finish combines them (an atomic ticket; under Triton's interpreter a second kernel does).
     Blocks past a token's own column read and write no memory and the combine reads only the blocks
-    before them, so the cost follows the filled length, not the capacity. ``block_c`` (columns per program) and ``last_combines`` are for benchmarks.
+    before them, so the cost follows the filled length, not the capacity. ``block_c`` (columns per
+    program) and ``last_combines`` are for benchmarks.
     """
     N, h, hd = q.shape
+    return _attend(q, q.stride(0), q.stride(1), h, hd, keys, values, mask, write, scale, None, block_c,
+                   last_combines)
+
+
+def rope_attend(
+    qkv: torch.Tensor,  # [N, (h + 2 kv) * hd], N = rows * T, rows contiguous
+    cos: torch.Tensor,  # [N, hd]
+    sin: torch.Tensor,  # [N, hd]
+    write: torch.Tensor,  # [T] long: cache columns of the new tokens
+    keys: torch.Tensor,  # [rows, kv, C, hd], last dim contiguous
+    values: torch.Tensor,  # [rows, kv, C, hd], last dim contiguous
+    mask: torch.Tensor,  # [rows', C] long (rows' >= rows): 1 = the row owns the column
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    scale: float,
+    *,
+    block_c: int | None = None,
+    last_combines: bool | None = None,
+) -> torch.Tensor:  # [N, h, hd]
+    """:func:`rope_write` then :func:`attend` as one kernel, with the same results and the same cache
+    contents after it: the attention programs rotate their own queries and read the step's new keys
+    and values from ``qkv``; the program that holds a token's own column writes them into the cache."""
+    kw = dict(block_c=block_c, last_combines=last_combines)
+    return _attend(qkv, qkv.stride(0), head_dim, heads, head_dim, keys, values, mask, write, scale,
+                   (cos, sin, kv_heads), **kw)
+
+
+def _attend(q, s_qn, s_qh, h, hd, keys, values, mask, write, scale, rope, block_c, last_combines):
+    """Launch the split attention kernel (and its reduce kernel where programs do not combine)."""
+    N = q.shape[0]
     kvh, C = keys.shape[1], keys.shape[2]
     g = h // kvh
     gp, block_d = max(_pow2(g), 2), _pow2(hd)
@@ -300,15 +370,16 @@ def attend(
     part_m = torch.empty(N, kvh, sp, gp, dtype=torch.float32, device=q.device)
     part_l = torch.empty_like(part_m)
     part_o = torch.empty(N, kvh, sp, gp, block_d, dtype=torch.float32, device=q.device)
-    out = torch.empty_like(q)
+    out = torch.empty(N, h, hd, dtype=q.dtype, device=q.device)
     tickets = _tickets_for(q.device, N * kvh) if last_combines else part_m
+    cos, sin, rope_kv = rope if rope is not None else (q, q, kvh)
     launch(
         _attend_split_kernel, (N, kvh, S), q, keys, values, mask, write, part_m, part_l, part_o, out, tickets,
-        write.shape[0], S, scale,
-        q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
+        cos, sin, write.shape[0], S, scale, s_qn, s_qh, cos.stride(0),
+        keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), mask.stride(0), out.stride(0), out.stride(1),
         G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb, LAST_COMBINES=last_combines,
-        num_warps=4)
+        ROPE=rope is not None, H=h, KVH=rope_kv, num_warps=4)
     if not last_combines:
         launch(_attend_reduce_kernel, (N, kvh), part_m, part_l, part_o, out, write, write.shape[0], S,
                out.stride(0), out.stride(1), G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb,

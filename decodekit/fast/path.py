@@ -95,6 +95,7 @@ class FastPath:
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.pad_id = lm.pad_token_id
+        self.eos_count = len(getattr(lm, "eos_token_ids", ()))  # what the precompile expects a decode to stop at
         self.max_graph_tokens, self.headroom, self.warmup = max_graph_tokens, headroom, warmup
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.step_graphs = self.capture if step_graphs is None else bool(step_graphs)

@@ -13,7 +13,8 @@ forwards that follow find the kernels ready. The dry forwards leave the slab as 
 kernels on, every write into the cache is a Triton kernel's, and none runs.
 
 Widths: the slab's first forward (usually the prefill) and a one-token decode step, with greedy's
-choice after it (:mod:`decodekit.fast.pick`). Others (verify widths, more rows) compile on first
+choice (:mod:`decodekit.fast.pick`) and a single-token step's bookkeeping
+(:mod:`decodekit.fast.token_step`, for the model's own EOS ids) after it. Others (verify widths, more rows) compile on first
 use as before. Where the kernels are already in Triton's cache
 a precompile costs the two dry forwards' host time (a few ms for the default model).
 
@@ -34,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from decodekit.fast import kernels as K
+from decodekit.fast import token_step as TS
 from decodekit.fast.attention import SlabView
 from decodekit.fast.pick import greedy_pick, pick_fits
 
@@ -67,6 +69,8 @@ def precompile(path, slab, widths: list[int]) -> float:
                                                   T > 1, False)  # [rows, T or 1, vocab]
                         if T == 1 and pick_fits(logits[:, -1]):
                             greedy_pick(logits[:, -1])  # a greedy step's choice after it
+                        if T == 1 and path.step_graphs:  # ... and its bookkeeping (EOS: the model's own)
+                            TS.compile_finish_step(slab.rows, slab.rows, path.eos_count, path.device)
                 finally:
                     K.COMPILE_ONLY.reset(dry)
             # a compiled kernel's first launch still builds its C launcher (a compiler run) and loads

@@ -31,7 +31,7 @@ from decodekit.state import FINISH_CODES, DecodeState, StepOutput
 if triton is not None:
     import triton.language as tl
 
-__all__ = ["finish_step", "finish_step_reason"]
+__all__ = ["finish_step", "finish_step_reason", "compile_finish_step"]
 
 _EOS, _LENGTH = FINISH_CODES.index("eos"), FINISH_CODES.index("length")
 
@@ -101,12 +101,30 @@ def finish_step(
     for name in ("done", "n_new", "limit", "pending", "finish_codes"):
         if not getattr(state, name).is_contiguous():
             raise ValueError(f"state.{name} must be contiguous")
-    B = mask.shape[0]
-    n_eos = eos_ids.numel()
+    _launch(out.tokens, out.logprobs, out.count, state.done, state.n_new, state.limit, state.ids, state.logprobs,
+            state.pending, state.finish_codes, eos_ids, ids_in, write, mask, state.prompt_width)
+
+
+def compile_finish_step(rows: int, buckets: int, n_eos: int, device: torch.device) -> None:
+    """Launch :func:`finish_step`'s kernel for ``rows`` rows of a ``buckets``-row slab and ``n_eos``
+    EOS ids on dummy tensors of the real dtypes: under :data:`~decodekit.fast.kernels.COMPILE_ONLY`
+    (:mod:`decodekit.fast.precompile`) that compiles the kernel a greedy or sampling step will run."""
+    long = dict(dtype=torch.long, device=device)
+    tokens, count = torch.zeros(rows, 1, **long), torch.ones(rows, **long)
+    lps = torch.zeros(rows, 1, dtype=torch.float32, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    n_new, limit, pending, codes = (torch.zeros(rows, **long) for _ in range(4))
+    ids, logprobs = torch.zeros(rows, 2, **long), torch.zeros(rows, 1, dtype=torch.float32, device=device)
+    _launch(tokens, lps, count, done, n_new, limit, ids, logprobs, pending, codes, torch.zeros(n_eos, **long),
+            torch.zeros(buckets, 1, **long), torch.zeros(1, **long), torch.zeros(buckets, 2, **long), 1)
+
+
+def _launch(tokens, lps, count, done, n_new, limit, ids, logprobs, pending, codes, eos_ids, ids_in, write, mask,
+            prompt_width: int) -> None:
+    rows, B, n_eos = done.shape[0], mask.shape[0], eos_ids.numel()
     launch(
-        _finish_kernel, (1,), out.tokens, out.logprobs, out.count, state.done, state.n_new, state.limit, state.ids,
-        state.logprobs, state.pending, state.finish_codes, eos_ids if n_eos else state.limit, ids_in, write, mask,
-        rows, B, n_eos, state.prompt_width, out.tokens.stride(0), out.logprobs.stride(0), state.ids.stride(0),
-        state.logprobs.stride(0), ids_in.stride(0), mask.stride(0),
+        _finish_kernel, (1,), tokens, lps, count, done, n_new, limit, ids, logprobs, pending, codes,
+        eos_ids if n_eos else limit, ids_in, write, mask, rows, B, n_eos, prompt_width, tokens.stride(0),
+        lps.stride(0), ids.stride(0), logprobs.stride(0), ids_in.stride(0), mask.stride(0),
         EOS_CODE=_EOS, LENGTH_CODE=_LENGTH, BLOCK_R=triton.next_power_of_2(rows),
         BLOCK_B=triton.next_power_of_2(B), BLOCK_E=triton.next_power_of_2(max(n_eos, 1)))

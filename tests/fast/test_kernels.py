@@ -103,6 +103,40 @@ def test_rope_write_and_attend(dtype, rows, T, h, kv, hd, C, at, last_combines):
     assert _rel(o, want) < TOL[dtype]
 
 
+@pytest.mark.parametrize("last_combines", [False, True], ids=["two-kernels", "last-block-combines"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,h,kv,hd,C,write", [(1, 9, 3, 64, 70, [40]), (3, 4, 2, 16, 70, [40, 41, 42, 43]),
+                                                  (2, 4, 4, 24, 70, [39, 40]),  # a block edge between them
+                                                  (1, 4, 2, 16, 600, [20, 40]),  # columns apart
+                                                  (2, 4, 2, 16, 1500, [1398, 1399, 1400])])  # 24 blocks
+def test_rope_attend_equals_rope_write_then_attend(dtype, rows, h, kv, hd, C, write, last_combines):
+    """The one-kernel step leaves the cache as rope_write does and attends as attend does, though
+    the cache holds NaN at the new columns when it starts (it takes them from the projection)."""
+    if C > 100 and dtype != torch.float32 and DEVICE.type != "cuda":
+        pytest.skip("the interpreter is slow: the long cache runs in fp32 only on the CPU")
+    T = len(write)
+    c = _case(rows, T, h, kv, hd, C, dtype, seed=rows * 10 + T + hd)
+    write = torch.tensor(write, device=DEVICE)
+    mask = torch.ones(rows + 1, C, dtype=torch.long, device=DEVICE)  # one dummy row beyond, like a slab
+    mask[0, :6] = 0  # left padding
+    mask[-2, 12:15] = 0  # holes (rejected drafts)
+    mask[:, int(write.max()) + 1:] = 0  # columns not written yet
+    keys, values = c["keys"].clone(), c["values"].clone()
+    q = K.rope_write(c["qkv"], c["cos"], c["sin"], write, keys, values, h, kv, hd)  # [N, h, hd]
+    want = K.attend(q, keys, values, mask, write, hd ** -0.5, last_combines=last_combines)  # [N, h, hd]
+    c["keys"][:, :, write] = float("nan")
+    c["values"][:, :, write] = float("nan")
+    got = K.rope_attend(c["qkv"], c["cos"], c["sin"], write, c["keys"], c["values"], mask, h, kv, hd,
+                        hd ** -0.5, last_combines=last_combines)
+    if last_combines:
+        assert not K._tickets[DEVICE].any()
+    assert torch.equal(c["keys"], keys) and torch.equal(c["values"], values)  # the same cache
+    if DEVICE.type == "cuda":  # compiled separately: the compiler may contract the rotation differently
+        assert _rel(got, want) < TOL[dtype]
+    else:
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("last_combines", [False, True])
 def test_attend_ignores_masked_columns_holding_garbage(last_combines):
     """Masked columns must not leak: huge values or NaN in them leave the result unchanged."""

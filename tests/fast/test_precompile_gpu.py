@@ -17,12 +17,14 @@ from decodekit.fast import FastPath
 from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
 from decodekit.fast import pick as PK
+from decodekit.fast import slab as SL
+from decodekit.fast import token_step as TS
 from tests.toy import ByteTokenizer, tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 KERNELS = [K._rms_norm_kernel, K._rope_write_kernel, K._attend_split_kernel, K._silu_mul_kernel, G._gemv_kernel,
-           PK._pick_kernel]
+           PK._pick_kernel, TS._finish_kernel]
 
 
 def _compiled() -> int:
@@ -57,6 +59,24 @@ def test_precompile_covers_prefill_and_decode(lm):
     slab.run(ids[:, :1], 23, False, False)  # a decode step (captures its graph)
     PK.greedy_pick(torch.randn(1, lm.vocab_size, device="cuda"))  # greedy's choice after it
     assert _compiled() == after, "a forward compiled a kernel the precompile missed"
+
+
+def test_precompile_covers_a_whole_greedy_decode(lm, monkeypatch):
+    """Greedy's step graph (the pick and the one-kernel bookkeeping after the forward) too."""
+    lm.fast = FastPath(lm, headroom=210)
+    counts = []
+
+    def spy(*args):
+        seconds = P.precompile(*args)
+        counts.append(_compiled())
+        return seconds
+
+    monkeypatch.setattr(SL, "precompile", spy)
+    for k in KERNELS:
+        k.device_caches.clear()
+    decodekit.generate(lm, "Hello there", max_new_tokens=12)
+    assert lm.fast.graph_steps > 0 and sum(len(c[0]) for c in TS._finish_kernel.device_caches.values()) > 0
+    assert counts and _compiled() == counts[0], "the decode compiled a kernel the precompile missed"
 
 
 def test_tokens_equal_without_precompile(lm, monkeypatch):
