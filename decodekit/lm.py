@@ -31,6 +31,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from decodekit.cpu_head import PlainHead
 from decodekit.fast import FastCache, FastPath, unsupported_reason
+from decodekit.fast.kernels import warm_up
 from decodekit.models import load_model
 from decodekit.transfer import to_device
 
@@ -92,6 +93,8 @@ class LM:
         self.fast: FastPath | None = None
         self._accepts_4d: bool | None = None  # probed on the first accepts_4d_mask()
         self._head = PlainHead.of(model)  # small-batch logits on the CPU (decodekit.cpu_head)
+        if cuda_graphs and self.device.type == "cuda":
+            warm_up()  # Triton's per-process set-up, before the first call needs it (decodekit.fast.kernels)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -341,6 +344,8 @@ def load(
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=_dtype(dtype))
         return LM(model, tokenizer, cuda_graphs=cuda_graphs is not False)
+    if device is not None and torch.device(device).type == "cuda" and cuda_graphs is not False:
+        warm_up()  # Triton's per-process set-up, while the weights load (decodekit.fast.kernels)
     hf_model, hf_tok = load_model(model, device=device, dtype=_dtype(dtype))
     return LM(hf_model, hf_tok, cuda_graphs=cuda_graphs is not False)
 

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from contextvars import ContextVar
 
 import torch
@@ -45,7 +46,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-__all__ = ["kernel_reason", "launch", "rms_norm", "rope_write", "attend", "rope_attend", "attend_fits", "silu_mul"]
+__all__ = ["kernel_reason", "launch", "warm_up", "wait_for_warm_up", "rms_norm", "rope_write", "attend", "rope_attend", "attend_fits", "silu_mul"]
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
@@ -78,6 +79,38 @@ def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
         kernel.warmup(*args, grid=grid, **meta)
     else:
         kernel[grid](*args, **meta)
+
+
+_warming: threading.Thread | None = None
+
+
+def warm_up() -> None:
+    """Start Triton's one-time set-up of this process on a background thread: its CUDA driver
+    utilities (a C module it builds on a machine's first use) and the hash of its own sources that
+    keys every compile -- about a second on a cold machine, otherwise paid by the first call's
+    kernel compiles. :func:`decodekit.load` starts it for a CUDA model, so that it overlaps with
+    loading the weights; :func:`wait_for_warm_up` joins it before decodekit first uses Triton."""
+    global _warming
+    if triton is None or _warming is not None:
+        return
+    _warming = threading.Thread(target=_warm, name="decodekit-triton-warm-up", daemon=True)
+    _warming.start()
+
+
+def _warm() -> None:
+    try:
+        from triton.runtime.cache import triton_key
+
+        triton.runtime.driver.active  # noqa: B018 - builds and loads the driver's utilities
+        triton_key()
+    except Exception:  # noqa: BLE001 - only a head start: the first compile does it again and reports
+        pass
+
+
+def wait_for_warm_up() -> None:
+    """Wait for :func:`warm_up`'s thread, if one was started (it must not race the first compile)."""
+    if _warming is not None:
+        _warming.join()
 
 
 def _pow2(n: int) -> int:
