@@ -86,9 +86,9 @@ _warming: threading.Thread | None = None
 
 def warm_up() -> None:
     """Start Triton's one-time set-up of this process on a background thread: its CUDA driver
-    utilities (a C module it builds on a machine's first use) and the hash of its own sources that
-    keys every compile -- about a second on a cold machine, otherwise paid by the first call's
-    kernel compiles. :func:`decodekit.load` starts it for a CUDA model, so that it overlaps with
+    utilities (a C module it builds on a machine's first use), the hash of its own sources that
+    keys every compile, and one tiny kernel's compile, launcher build and load (the compiler
+    chain's first use) -- about a second, otherwise paid by the first call's kernel compiles. :func:`decodekit.load` starts it for a CUDA model, so that it overlaps with
     loading the weights; :func:`wait_for_warm_up` joins it before decodekit first uses Triton."""
     global _warming
     if triton is None or _warming is not None:
@@ -103,6 +103,12 @@ def _warm() -> None:
 
         triton.runtime.driver.active  # noqa: B018 - builds and loads the driver's utilities
         triton_key()
+        # one tiny kernel through the whole chain (front end, LLVM, ptxas, the launcher's C
+        # compiler run, loading the binary): their first use in a process costs most
+        x = torch.empty(16, dtype=torch.float32, device="cuda")
+        kernel = _warm_kernel.warmup(x, grid=(1,), BLOCK=16)
+        torch.cuda.set_device(x.device)
+        kernel._init_handles()
     except Exception:  # noqa: BLE001 - only a head start: the first compile does it again and reports
         pass
 
@@ -118,6 +124,10 @@ def _pow2(n: int) -> int:
 
 
 if triton is not None:
+
+    @triton.jit
+    def _warm_kernel(x, BLOCK: tl.constexpr):  # compiled by warm_up only
+        tl.store(x + tl.arange(0, BLOCK), tl.zeros([BLOCK], tl.float32))
 
     @triton.jit
     def _rms_norm_kernel(x, w, out, D, eps, s_x, s_out, BLOCK: tl.constexpr):

@@ -89,3 +89,12 @@ def test_tokens_equal_without_precompile(lm, monkeypatch):
     off = decodekit.generate(lm, prompts, max_new_tokens=24)
     assert lm.fast.precompile_s == 0
     assert on.token_ids == off.token_ids and on.logprobs == off.logprobs
+
+
+def test_warm_up_compiles_and_loads_a_kernel():
+    """decodekit.load's background warm-up takes the whole compile chain once (it swallows errors:
+    this checks it did the work)."""
+    K.warm_up()
+    K.wait_for_warm_up()
+    compiled = [k for c in K._warm_kernel.device_caches.values() for k in c[0].values()]
+    assert compiled and all(getattr(k, "function", None) is not None for k in compiled)  # loaded
