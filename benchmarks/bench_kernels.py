@@ -5,7 +5,8 @@ columns, filled columns): microseconds per call for SDPA with the fast path's 4-
 into the query length, as the fused step without kernels runs it) and for ``attend`` with each
 column-block size, with a second combine kernel ("2") and with the last block combining ("L"), the
 latter also with the combine loading ``COMBINE_ELEMENTS`` = 4096 partial outputs at a time ("L4k";
-default 16384). Needs CUDA::
+default 16384); then the fused step's rotary + cache write + attention as two kernels
+(``rope_write``, then ``attend``) and as one (``rope_attend``), default blocks. Needs CUDA::
 
     python benchmarks/bench_kernels.py [--shapes llama-3.1-8b]
 """
@@ -67,6 +68,15 @@ def main() -> None:
                     label = f"b{block_c}{'L' if last else '2'}{'4k' if combine == 4096 else ''}"
                     row.append(f"{label} {per_call_us(lambda i, f=fn: f(), 30):6.2f} ({err:.0e})")
             K.COMBINE_ELEMENTS = 16384
+            # the fused step's decode / verify attention: rotary + cache write, then attend, vs one kernel
+            qkv = torch.randn(N, (h + 2 * kv) * hd, device=dev, dtype=torch.bfloat16)
+            cos, sin = torch.randn(N, hd, device=dev), torch.randn(N, hd, device=dev)
+            two = lambda: K.attend(K.rope_write(qkv, cos, sin, write, keys, values, h, kv, hd),  # noqa: E731
+                                   keys, values, mask, write, hd ** -0.5)
+            one = lambda: K.rope_attend(qkv, cos, sin, write, keys, values, mask, h, kv, hd, hd ** -0.5)  # noqa: E731
+            err = float((one().float() - two().float()).norm() / two().float().norm())
+            row.append(f"| rope_write+attend {per_call_us(lambda i: two(), 30):6.2f}  "
+                       f"rope_attend {per_call_us(lambda i: one(), 30):6.2f} ({err:.0e})")
             print("  ".join(row), flush=True)
 
 
