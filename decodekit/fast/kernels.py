@@ -46,7 +46,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-__all__ = ["kernel_reason", "launch", "warm_up", "wait_for_warm_up", "rms_norm", "rope_write", "attend", "rope_attend", "attend_fits", "silu_mul"]
+__all__ = ["kernel_reason", "launch", "warm_up", "wait_for_warm_up", "rms_norm", "rope_write", "attend",
+           "rope_attend", "attend_fits", "silu_mul"]
 
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
@@ -88,8 +89,15 @@ def warm_up() -> None:
     """Start Triton's one-time set-up of this process on a background thread: its CUDA driver
     utilities (a C module it builds on a machine's first use), the hash of its own sources that
     keys every compile, and one tiny kernel's compile, launcher build and load (the compiler
-    chain's first use) -- about a second, otherwise paid by the first call's kernel compiles. :func:`decodekit.load` starts it for a CUDA model, so that it overlaps with
-    loading the weights; :func:`wait_for_warm_up` joins it before decodekit first uses Triton."""
+    chain's first use) -- about a second, otherwise paid by the first call's kernel compiles.
+    :func:`decodekit.load` starts it for a CUDA model, so that it overlaps with loading the weights;
+    :func:`wait_for_warm_up` joins it before decodekit first uses Triton.
+
+    Example:
+        >>> from decodekit.fast import kernels
+        >>> kernels.warm_up()              # returns at once; idempotent   # doctest: +SKIP
+        >>> kernels.wait_for_warm_up()     # FastPath does this before its first compile  # doctest: +SKIP
+    """
     global _warming
     if triton is None or _warming is not None:
         return

@@ -14,9 +14,9 @@ kernels on, every write into the cache is a Triton kernel's, and none runs.
 
 Widths: the slab's first forward (usually the prefill) and a one-token decode step, with greedy's
 choice (:mod:`decodekit.fast.pick`) and a single-token step's bookkeeping
-(:mod:`decodekit.fast.token_step`, for the model's own EOS ids) after it. Others (verify widths, more rows) compile on first
-use as before. Where the kernels are already in Triton's cache
-a precompile costs the two dry forwards' host time (a few ms for the default model).
+(:mod:`decodekit.fast.token_step`, for the model's own EOS ids) after it. Others (verify widths,
+more rows) compile on first use as before. Where the kernels are already in Triton's cache a
+precompile costs the two dry forwards' host time (a few ms for the default model).
 
 Example:
     >>> lm = decodekit.load(device="cuda", dtype="bfloat16")                # doctest: +SKIP
