@@ -75,7 +75,8 @@ COMPILE_ONLY: ContextVar[bool] = ContextVar("decodekit_compile_only", default=Fa
 def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
     """``kernel[grid](*args, **meta)``; while :data:`COMPILE_ONLY` (:mod:`decodekit.fast.precompile`),
     only the compile of the kernel that this call would launch (Triton's ``warmup``), which an active
-    ``triton.AsyncCompileMode`` sends to its thread pool."""
+    ``triton.AsyncCompileMode`` sends to its thread pool. Waits for :func:`warm_up`'s thread first."""
+    wait_for_warm_up()
     if COMPILE_ONLY.get():
         kernel.warmup(*args, grid=grid, **meta)
     else:
@@ -91,12 +92,12 @@ def warm_up() -> None:
     keys every compile, and one tiny kernel's compile, launcher build and load (the compiler
     chain's first use) -- about a second, otherwise paid by the first call's kernel compiles.
     :func:`decodekit.load` starts it for a CUDA model, so that it overlaps with loading the weights;
-    :func:`wait_for_warm_up` joins it before decodekit first uses Triton.
+    :func:`launch` joins it before decodekit first uses Triton.
 
     Example:
         >>> from decodekit.fast import kernels
         >>> kernels.warm_up()              # returns at once; idempotent   # doctest: +SKIP
-        >>> kernels.wait_for_warm_up()     # FastPath does this before its first compile  # doctest: +SKIP
+        >>> kernels.wait_for_warm_up()     # every launch does this first  # doctest: +SKIP
     """
     global _warming
     if triton is None or _warming is not None:
@@ -122,8 +123,9 @@ def _warm() -> None:
 
 
 def wait_for_warm_up() -> None:
-    """Wait for :func:`warm_up`'s thread, if one was started (it must not race the first compile)."""
-    if _warming is not None:
+    """Wait for :func:`warm_up`'s thread while it runs (it must not race the first compile); every
+    :func:`launch` calls it."""
+    if _warming is not None and _warming.is_alive():
         _warming.join()
 
 
@@ -401,9 +403,8 @@ def rope_attend(
     """:func:`rope_write` then :func:`attend` as one kernel, with the same results and the same cache
     contents after it: the attention programs rotate their own queries and read the step's new keys
     and values from ``qkv``; the program that holds a token's own column writes them into the cache."""
-    kw = dict(block_c=block_c, last_combines=last_combines)
     return _attend(qkv, qkv.stride(0), head_dim, heads, head_dim, keys, values, mask, write, scale,
-                   (cos, sin, kv_heads), **kw)
+                   (cos, sin, kv_heads), block_c, last_combines)
 
 
 def _attend(q, s_qn, s_qh, h, hd, keys, values, mask, write, scale, rope, block_c, last_combines):

@@ -21,7 +21,6 @@ import torch
 
 from decodekit.fast.attention import attention_bias, positions
 from decodekit.fast.fused import FusedLlama, fused_reason
-from decodekit.fast.kernels import wait_for_warm_up
 from decodekit.fast.slab import Slab, bucket
 
 __all__ = ["FastPath", "unsupported_reason"]
@@ -109,8 +108,6 @@ class FastPath:
             raise ValueError(f"decodekit.fast: kernels=True needs the fused step ({why})")
         if self.fused:
             self.eager_fn = FusedLlama(self.model, kernels=kernels)
-            if self.eager_fn.kernels:
-                wait_for_warm_up()
         else:
             self.eager_fn = functools.partial(_step, self.model, self.dtype, lm._cache_kw)
         self.kernels = bool(getattr(self.eager_fn, "kernels", False))
