@@ -151,7 +151,7 @@ class Bench:
                      f"first call {first:.1f} s (compile)")
 
         def beam():
-            t = median_time(lambda: self.hf_generate(ids, n=nb, num_beams=4, early_stopping=False), 1)
+            t = median_time(lambda: self.hf_generate(ids, n=nb, num_beams=4, early_stopping=False), runs)
             self.hf_beam_ms = 1e3 * t / nb
             self.add(self.name, "transformers beam 4", self.hf_beam_ms)
 
@@ -216,7 +216,20 @@ class Bench:
             t = median_time(lambda: self.dk(prompt, "beam", n=nb, eos=False, num_beams=4), runs)
             ms = 1e3 * t / nb
             hf = getattr(self, "hf_beam_ms", None)
-            self.add(self.name, "decodekit beam 4", ms, f"{hf / ms:.1f}x transformers beam" if hf else "")
+            before = lm.fast.graph_steps if lm.fast is not None else 0
+            gen = self.dk(prompt, "beam", n=nb, eos=False, num_beams=4)
+            whole = (lm.fast.graph_steps if lm.fast is not None else 0) - before
+            self.add(self.name, "decodekit beam 4", ms, (f"{hf / ms:.1f}x transformers beam; " if hf else "")
+                     + f"{whole} of {gen.stats.steps} steps replayed whole")
+
+        def beam_ordinary():
+            lm.fast = FastPath(lm, step_graphs=False)  # the ordinary beam step: forward and reorder from graphs
+            t = median_time(lambda: self.dk(prompt, "beam", n=nb, eos=False, num_beams=4), runs)
+            ms = 1e3 * t / nb
+            hf = getattr(self, "hf_beam_ms", None)
+            self.add(self.name, "decodekit beam 4 (forward only from graphs)", ms,
+                     (f"{hf / ms:.1f}x transformers beam; " if hf else "") + "step_graphs=False")
+            lm.fast = None
 
         self.guarded("decodekit eager greedy", eager)
         self.guarded("decodekit greedy (graph path)", graph)
@@ -227,6 +240,8 @@ class Bench:
             self.guarded(f"decodekit greedy, compile {mode} in graph", lambda m=mode: self.compiled(prompt, n, m))
         lm.fast = None
         self.guarded("decodekit beam 4", beam)
+        if "beam" in decodekit.strategies.available():
+            self.guarded("decodekit beam 4 (forward only from graphs)", beam_ordinary)
 
     def compiled(self, prompt, n: int, mode: str) -> None:
         lm = self.lm

@@ -21,7 +21,7 @@ from decodekit.processors import History
 
 __all__ = ["DecodeState", "StepOutput", "Candidate", "Stats", "Flag", "Trace", "Generation", "FINISH_CODES"]
 
-FINISH_CODES = ("", "eos", "length")  # finish reasons that DecodeState.mark_done records on the device
+FINISH_CODES = ("", "eos", "length", "beam_done")  # finish reasons that DecodeState.mark_done records on the device
 
 
 @dataclass

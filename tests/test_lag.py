@@ -124,7 +124,9 @@ def test_lag_allowed_only_where_safe(tiny_lm, lag):
     greedy, beam = decodekit.strategies.get("greedy")(), decodekit.strategies.get("beam")()
     plain = Stopping((2,))
     lag(None)  # automatic: CUDA only
-    assert greedy.lagged_stops and not beam.lagged_stops
+    assert greedy.lagged_stops and beam.lagged_stops
+    assert not decodekit.strategies.get("beam")(repetition_penalty=1.2).lagged_stops  # reads the host
+    assert not decodekit.strategies.get("diverse_beam")(num_beams=4, num_beam_groups=2).lagged_stops
     assert not lag_allowed(state, greedy, plain, (), None)
     lag(True)
     assert lag_allowed(state, greedy, plain, (), None) and lag_allowed(state, beam, plain, (), None)

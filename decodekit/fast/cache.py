@@ -90,6 +90,14 @@ class FastCache:
         self.rows = n
 
     @torch.inference_mode()
+    def permute_rows(self, index: torch.Tensor, end: torch.Tensor) -> None:
+        """Row i becomes row ``index[i]`` ([rows] long on the slab's device), in place, reading nothing
+        on the host (a captured step may do it): the first ``end[0]`` columns (``end [1]`` long on the
+        device) at least. No row that a moved row copies may itself move (beam search's assignment,
+        :func:`~decodekit.strategies.beam_graph.assign_rows`)."""
+        self.slab.permute(index, end)
+
+    @torch.inference_mode()
     def copy(self) -> "FastCache":
         """An independent copy (its own slab)."""
         other = FastCache(self.path)

@@ -25,6 +25,7 @@ import torch
 
 from decodekit.fast.attention import SlabView
 from decodekit.fast.precompile import precompile
+from decodekit.fast.row_copy import copy_moved_rows, pointer_table
 
 __all__ = ["Slab", "bucket"]
 
@@ -74,6 +75,7 @@ class Slab:
         self.graphs: dict[tuple[int, bool], _Graph] = {}
         self.order = torch.zeros(rows, dtype=torch.long, device=dev)  # [rows] static row-gather index
         self.reorders: dict[int, torch.cuda.CUDAGraph] = {}  # n -> captured in-place gather
+        self.kv_table: torch.Tensor | None = None  # [2 * layers] long: addresses of self.kv (permute)
         self.leased = False
         self.precompiled = False  # its Triton kernels compiled ahead (decodekit.fast.precompile)
 
@@ -98,6 +100,19 @@ class Slab:
             graph = self.reorders[n] = self._capture(self._gather_fn(n), self.path.warmup)[0]
         self.order[:n].copy_(index)
         graph.replay()
+
+    def permute(self, index: torch.Tensor, end: torch.Tensor) -> None:
+        """Row i becomes row ``index[i]`` in place (``index [n]`` long), nothing read on the host: with
+        decodekit's kernels only the rows that move, columns ``[0, end[0])`` (``end [1]`` long), in one
+        launch (:mod:`decodekit.fast.row_copy`); otherwise a gather of every column. No row that a
+        moved row copies may itself move."""
+        if self.path.kernels:
+            if self.kv_table is None:
+                self.kv_table = pointer_table(self.kv)  # [2 * layers] the tensors' addresses
+            copy_moved_rows(self.kv_table, self.kv[0], index, end)
+        else:
+            self.order[:index.shape[0]].copy_(index)
+            self._gather_fn(index.shape[0])()
 
     def _gather_fn(self, n: int):
         def gather() -> None:

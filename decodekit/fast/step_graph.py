@@ -14,11 +14,13 @@ which ends by writing the next forward's inputs on the device. Each step then re
 
 two graph launches on the host. Plans: :class:`TokenPlan` (greedy and sampling without processors:
 the strategy's own ``step``, then clip / append / update as one kernel,
-:mod:`decodekit.fast.token_step`, or the loop's own functions without Triton) and prompt lookup with
-greedy verification at a fixed width (:mod:`decodekit.strategies.speculative.graph_plan`).
+:mod:`decodekit.fast.token_step`, or the loop's own functions without Triton), prompt lookup with
+greedy verification at a fixed width (:mod:`decodekit.strategies.speculative.graph_plan`) and beam
+search (:mod:`decodekit.strategies.beam_graph`).
 
 How the tail stays valid across replays: state fields the step *reassigns* (``n_new``, ``done``,
-``pending``, ``finish_codes``, ...) get fresh tensors during capture; the tail copies each back
+``pending``, ``finish_codes``, ...; also in ``state.extra`` and in objects the plan names, e.g. the
+beams' scores) get fresh tensors during capture; the tail copies each back
 into the tensor the field held before the step and restores the field, so every replay reads and
 writes the same memory. The cache's column mask is the slab's own (``state.attention_mask`` is a
 view of it after each step). If the step changes a field's shape or dtype, the decode goes on with
@@ -72,6 +74,9 @@ class Plan(Protocol):
         inputs: ``ids_in [B, width]``, ``write [width]`` (advance by ``width``), the slab's ``mask
         [B, C]`` bits of the new columns. Device work only: it is captured."""
 
+    # optional: ``tracked(state) -> list[object]``: objects besides the state and ``state.extra``
+    # whose tensor attributes the tail replaces (copied back into place like the state's fields)
+
 
 class TokenPlan:
     """Greedy / sampling: one token per row (the strategy's ``step`` finds the logits in place).
@@ -123,8 +128,10 @@ class StepGraph:
         self.slab = None  # the slab the inputs were loaded on
         self.warm = False  # the tail ran once eagerly on these inputs (capture comes next)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.fields: dict[str, torch.Tensor] = {}  # the state's tensors the tail reads and writes
-        self.extra: dict[str, torch.Tensor] = {}  # ... and those in state.extra
+        # the tensors the tail reads and writes: (owner, name, tensor) of the state, state.extra and
+        # the plan's tracked objects; and each owner's tensor names (a step must keep them)
+        self.fields: list[tuple[object, str, torch.Tensor]] = []
+        self.names: list[tuple[object, set[str]]] = []
         self.off = False  # the step cannot be captured: the decode uses the ordinary step
 
     @staticmethod
@@ -153,7 +160,7 @@ class StepGraph:
             grown = max(2 * cache.slab.capacity, cache.length + 2 * T + cache.path.headroom)
             cache._move(state.rows, grown)  # as an ordinary forward would: the inputs load again
         slab = cache.slab
-        if slab is not self.slab or any(getattr(state, k) is not t for k, t in self.fields.items()):
+        if slab is not self.slab or any(_get(o, k) is not t for o, k, t in self.fields):
             self._load(state, slab)  # first step, a new slab, or a field replaced from outside
         inputs = slab._static(T)
         if slab.path.capture:
@@ -189,29 +196,26 @@ class StepGraph:
         if state.finish_codes is None:  # reassigned by every step: must be a tensor from the start
             state.finish_codes = torch.zeros(n, dtype=torch.long, device=state.done.device)
         self.slab, self.warm, self.graph = slab, False, None
-        self.fields = {k: v for k, v in vars(state).items()
-                       if isinstance(v, torch.Tensor) and k not in ("next_logits", "attention_mask")}
-        self.extra = {k: v for k, v in state.extra.items() if isinstance(v, torch.Tensor)}
+        tracked = getattr(self.plan, "tracked", None)
+        owners = [state, state.extra, *(tracked(state) if tracked is not None else ())]
+        self.names = [(o, set(_tensors(o))) for o in owners]
+        self.fields = [(o, k, t) for o in owners for k, t in _tensors(o).items()]
 
     def _tail(self, state: DecodeState, logits: torch.Tensor, inputs, strict: bool) -> bool:
         """The plan's tail; reassigned fields are copied back into their tensors. Returns whether a
         replay could repeat it; ``strict`` raises :class:`_NotCapturable` instead (capture), else
         the fields keep the step's new tensors."""
         self.plan.tail(state, logits, inputs.ids, inputs.write, self.slab.mask)
-        extra = {k: v for k, v in state.extra.items() if isinstance(v, torch.Tensor)}
-        moved = [(state, k, old, getattr(state, k)) for k, old in self.fields.items()]
-        moved += [(state.extra, k, old, extra.get(k)) for k, old in self.extra.items()]
-        if extra.keys() != self.extra.keys() or not all(_same(old, new) for _, _, old, new in moved):
+        moved = [(o, k, old, _get(o, k)) for o, k, old in self.fields]
+        if any(set(_tensors(o)) != names for o, names in self.names) \
+                or not all(_same(old, new) for _, _, old, new in moved):
             if strict:
                 raise _NotCapturable
             return False
         for owner, k, old, new in moved:
             if new is not old:
                 old.copy_(new)
-                if owner is state:
-                    setattr(state, k, old)
-                else:
-                    owner[k] = old
+                _set(owner, k, old)
         return True
 
     def _capture(self, state: DecodeState, logits: torch.Tensor, inputs) -> torch.cuda.CUDAGraph | None:
@@ -225,9 +229,8 @@ class StepGraph:
         try:
             _capture_queued(graph, self.slab.path.pool, lambda: self._tail(state, logits, inputs, strict=True))
         except _NotCapturable:  # nothing ran: put the fields back and take the step eagerly
-            for k, old in self.fields.items():
-                setattr(state, k, old)
-            state.extra.update(self.extra)
+            for owner, k, old in self.fields:
+                _set(owner, k, old)
             self.off = True
             self._tail(state, logits, inputs, strict=False)
             return None
@@ -261,6 +264,27 @@ def _capture_queued(graph: torch.cuda.CUDAGraph, pool, body: Callable[[], None])
         finally:
             graph.capture_end()
     main.wait_stream(side)
+
+
+_UNTRACKED = ("next_logits", "attention_mask")  # state fields each step sets anew (not copied back)
+
+
+def _tensors(owner) -> dict[str, torch.Tensor]:
+    """The tensors an owner (the state, a dict, a plan's object) holds, by name."""
+    items = owner.items() if isinstance(owner, dict) else vars(owner).items()
+    skip = _UNTRACKED if isinstance(owner, DecodeState) else ()
+    return {k: v for k, v in items if isinstance(v, torch.Tensor) and k not in skip}
+
+
+def _get(owner, name: str):
+    return owner.get(name) if isinstance(owner, dict) else vars(owner).get(name)
+
+
+def _set(owner, name: str, value: torch.Tensor) -> None:
+    if isinstance(owner, dict):
+        owner[name] = value
+    else:
+        setattr(owner, name, value)
 
 
 def _same(old: torch.Tensor, new) -> bool:

@@ -44,6 +44,7 @@ from decodekit.registry import register_strategy
 from decodekit.state import Candidate, DecodeState, StepOutput
 from decodekit.strategies import beam_core
 from decodekit.strategies.base import Strategy
+from decodekit.strategies.beam_graph import BeamPlan
 
 __all__ = ["Beam", "BeamConfig", "check_beam_options"]
 
@@ -114,16 +115,34 @@ class Beam(Strategy):
         state.extra["beams"] = beam_core.start(state, self.settings, warpers)
         return state
 
+    @property
+    def lagged_stops(self) -> bool:
+        """Without penalties (they read the rows' tokens on the host) a step over closed units changes
+        nothing and the step can run without host syncs (:mod:`~decodekit.strategies.beam_graph`):
+        the loop may check stops one step late (and on the fast path replay whole steps)."""
+        return not self.penalties
+
+    def graph_plan(self, state: DecodeState, stopping, body) -> "BeamPlan | None":
+        """The whole beam step from CUDA graphs (:mod:`~decodekit.strategies.beam_graph`), where no
+        step reads a host value: no penalties, no stop strings or stopping criteria."""
+        if not self.lagged_stops or stopping.stop_strings or stopping.criteria:
+            return None
+        return BeamPlan(self, state, stopping)
+
     def step(self, state: DecodeState) -> StepOutput:
         beams: beam_core.Beams = state.extra["beams"]
         beam_core.retire(state, beams)
+        return beam_core.commit(state, beams, self.select(state))
+
+    def select(self, state: DecodeState) -> beam_core.Selection:
+        """Feed the pending tokens; the step's candidates and kept beams of every unit."""
+        beams: beam_core.Beams = state.extra["beams"]
         logits = state.advance()  # [rows, V]
         logp = torch.log_softmax(logits, -1)  # [rows, V]
         rows = beams.rows_of.flatten()  # [rows] logical order
         scores = beam_core.process(state, rows, logp[rows], self.penalties, beams.warpers)  # [rows, V]
         units = torch.arange(beams.units, device=rows.device)  # [units]
-        sel = beam_core.select(state, beams, units, scores.view(beams.units, beams.width, -1), logp)
-        return beam_core.commit(state, beams, sel)
+        return beam_core.select(state, beams, units, scores.view(beams.units, beams.width, -1), logp)
 
     def finalize(self, state: DecodeState) -> list[list[Candidate]]:
         return beam_core.finalize(state, state.extra["beams"])

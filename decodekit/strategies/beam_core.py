@@ -32,8 +32,8 @@ from decodekit.processors import History
 from decodekit.state import Candidate, DecodeState, StepOutput
 from decodekit.strategies.beam_hyps import REASONS, Hypotheses, reason_code
 
-__all__ = ["BeamSettings", "Beams", "Selection", "start", "process", "select", "commit", "retire",
-           "finalize"]
+__all__ = ["BeamSettings", "Beams", "Selection", "start", "process", "select", "commit", "eligible", "offer", "close",
+           "output", "retire", "finalize"]
 
 _NEG = -1.0e9  # transformers' score of impossible beams
 
@@ -194,18 +194,43 @@ def _stop_strings(state: DecodeState, parent: torch.Tensor, token: torch.Tensor,
 
 def commit(state: DecodeState, beams: Beams, sel: Selection) -> StepOutput:
     """Finish hypotheses, apply early stopping, reorder rows; ``sel`` covers every unit."""
-    s = beams.settings
     closed = beams.closed  # [units] before this step
-    gen_len = state.steps + 1  # every live row holds state.steps generated tokens
+    # every live row holds state.steps generated tokens
+    denominator = float(state.steps + 1) ** beams.settings.length_penalty
+    ending = eligible(beams, sel, closed)  # [units, k]
+    if bool(ending.any()):
+        offer(state, beams, sel, ending, denominator)
+    parent, token = close(beams, sel, closed, denominator)
+    dest, index = _assign(beams.rows_of.tolist(), parent.tolist())
+    if index is not None:  # some row changes: move those rows (ids, masks, KV cache ...)
+        state.select_rows(torch.tensor(index, device=parent.device))
+    beams.rows_of = torch.tensor(dest, device=parent.device)  # [units, width]
+    _mark_done(state, beams, changed=bool((beams.closed != closed).any()))
+    return output(state, beams, sel, token)
+
+
+def eligible(beams: Beams, sel: Selection, closed: torch.Tensor) -> torch.Tensor:
+    """[units, k] bool: candidates that end and rank among the first ``width``, of open units."""
     rank_ok = torch.arange(sel.hit.shape[1], device=sel.hit.device) < beams.width  # [k]
-    eligible = sel.hit & rank_ok & ~closed[:, None]  # [units, k]
-    if bool(eligible.any()):
-        ids, logprobs, length = _sequences(state, beams, sel.parent, sel.token, sel.logprob)
-        beams.hyps.add(ids, logprobs, length, sel.score, eligible, sel.reason,
-                       float(gen_len) ** s.length_penalty)
+    return sel.hit & rank_ok & ~closed[:, None]
+
+
+def offer(state: DecodeState, beams: Beams, sel: Selection, eligible: torch.Tensor,
+          denominator: float | torch.Tensor) -> None:
+    """Offer the ``eligible [units, k]`` candidates to the finished hypotheses."""
+    ids, logprobs, length = _sequences(state, beams, sel.parent, sel.token, sel.logprob)
+    beams.hyps.add(ids, logprobs, length, sel.score, eligible, sel.reason, denominator)
+
+
+def close(beams: Beams, sel: Selection, closed: torch.Tensor,
+          denominator: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply transformers' early-stopping rules (``beams.closed``) and keep the running scores;
+    returns each beam's parent row and token ([units, width] long each; closed units: their own
+    rows and padding). ``closed [units]``: the units closed before this step."""
+    s = beams.settings
     best = sel.kept_score[:, 0] if s.flavour == "v5" else sel.score[:, 0]  # [units]
     use_max = s.early_stopping == "never" and s.length_penalty > 0.0
-    beams.hyps.update_open(best, beams.never_denominator if use_max else float(gen_len) ** s.length_penalty)
+    beams.hyps.update_open(best, beams.never_denominator if use_max else denominator)
     full_stop = beams.hyps.full & (s.early_stopping is True)  # [units]
     beams.closed = closed | ~beams.hyps.open | full_stop | sel.hit.all(1)
     # a unit closed by now keeps its rows where they are (they are done): the rows of a unit that
@@ -213,14 +238,15 @@ def commit(state: DecodeState, beams: Beams, sel: Selection) -> StepOutput:
     parent = torch.where(beams.closed[:, None], beams.rows_of, sel.kept("parent"))  # [units, width]
     token = torch.where(beams.closed[:, None], beams.pad, sel.kept("token"))  # [units, width]
     beams.score = torch.where(closed[:, None], beams.score, sel.kept_score)
-    dest, index = _assign(beams.rows_of.tolist(), parent.tolist())
-    if index is not None:  # some row changes: move those rows (ids, masks, KV cache ...)
-        state.select_rows(torch.tensor(index, device=parent.device))
-    beams.rows_of = torch.tensor(dest, device=parent.device)  # [units, width]
+    return parent, token
+
+
+def output(state: DecodeState, beams: Beams, sel: Selection, token: torch.Tensor) -> StepOutput:
+    """The step's token of every row (``token [units, width]``, beams in logical order, already
+    placed in ``beams.rows_of``); rows of closed units gain none."""
     flat_dest = beams.rows_of.flatten()  # [rows]
     tokens = torch.zeros_like(flat_dest).scatter(0, flat_dest, token.flatten())  # [rows]
-    logprobs = torch.zeros(state.rows, device=parent.device).scatter(0, flat_dest, sel.kept("logprob").flatten())
-    _mark_done(state, beams, changed=bool((beams.closed != closed).any()))
+    logprobs = torch.zeros(state.rows, device=flat_dest.device).scatter(0, flat_dest, sel.kept("logprob").flatten())
     count = (~state.done).long()  # [rows]
     return StepOutput(tokens[:, None], count, logprobs[:, None], state.next_logits[:, None])
 

@@ -30,11 +30,22 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Hypotheses", "REASONS", "reason_code"]
+__all__ = ["Hypotheses", "REASONS", "reason_code", "divide"]
 
 # finish reasons of hypotheses; index = code stored in ``Hypotheses.reason``
 REASONS = ("length", "eos", "stop_string", "criteria", "monitor", "step_limit")
 _NOT_FINISHED = -1.0e9  # transformers' score of an empty slot and its penalty for a non-candidate
+
+
+def divide(x: torch.Tensor, d: float | torch.Tensor) -> torch.Tensor:
+    """``x / d`` for a Python number ``d``; for ``d`` a 0-d tensor of ``x``'s dtype on its device that
+    holds such a number (the step replayed from a graph, :mod:`~decodekit.strategies.beam_graph`,
+    cannot read a length on the host), the same bits. On CUDA, dividing by a Python number multiplies
+    by its reciprocal in ``x``'s precision (as in transformers' beam search); elsewhere it divides.
+    Any other tensor ``d`` divides."""
+    if isinstance(d, torch.Tensor) and d.dim() == 0 and x.is_cuda:
+        return x * torch.reciprocal(d)
+    return x / d
 
 
 def reason_code(finish: str) -> int:
@@ -85,10 +96,10 @@ class Hypotheses:
         raw: torch.Tensor,  # [units, k] float32: sum of (processed) log-probs
         eligible: torch.Tensor,  # [units, k] bool: candidates that may enter
         reason: torch.Tensor,  # [units, k] long
-        denominator: float,  # generated length ** length_penalty
+        denominator: float | torch.Tensor,  # generated length ** length_penalty (see divide)
     ) -> None:
         """Offer ``k`` candidates per unit; keep the ``cap`` best of old and new (ties: old first)."""
-        score = raw.to(self.score.dtype) / denominator  # [units, k]
+        score = divide(raw.to(self.score.dtype), denominator)  # [units, k]
         score = torch.where(eligible, score, score + _NOT_FINISHED)  # [units, k]
         merged = torch.cat([self.score, score], 1)  # [units, cap + k]
         top = torch.topk(merged, self.cap, dim=1).indices  # [units, cap]
@@ -103,13 +114,13 @@ class Hypotheses:
     def update_open(self, best: torch.Tensor, denominator: float | torch.Tensor) -> None:
         """Close units whose best possible score cannot beat their worst kept hypothesis
         (transformers' early-stopping heuristic). ``best [units]`` float32; ``denominator`` a python
-        float or a ``[units]`` tensor of the scores' dtype."""
+        float, a 0-d tensor standing for one (:func:`divide`) or a ``[units]`` tensor of the scores' dtype."""
         if self.flavour == "v4":  # BeamHypotheses.is_done: worst >= best / denominator, in float64
-            highest = best.double() / denominator  # [units]
+            highest = divide(best.double(), denominator)  # [units]
             done = self.full & (self.score.min(1).values >= highest)  # [units]
             self.open = self.open & ~done
             return
-        bound = best / denominator  # [units] float32
+        bound = divide(best, denominator)  # [units] float32
         worst = torch.where(self.finished, self.score.min(1, keepdim=True).values, _NOT_FINISHED)
         better = (bound[:, None] > worst).any(1)  # [units]: [units, cap] compared
         self.open = self.open & better

@@ -133,3 +133,37 @@ def test_processors_keep_the_ordinary_step(lm):
     lm.fast = FastPath(lm)
     decodekit.generate(lm, PROMPTS[:1], max_new_tokens=8, repetition_penalty=1.3)
     assert lm.fast.graph_steps == 0
+
+
+@pytest.fixture(scope="module")
+def beam_lm():
+    """A tiny model with a likely EOS: hypotheses end at many lengths (tests/strategies/test_beam.py)."""
+    from tests.strategies.test_beam import eos_lm
+
+    return decodekit.load(eos_lm(seed=1).model.to("cuda"), ByteTokenizer())
+
+
+def _candidates(gen):
+    return [[(c.token_ids, c.logprobs, c.score, c.finish_reason) for c in cands] for cands in gen.candidates]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("kw", [
+    {"num_beams": 4, "num_return_sequences": 2},
+    {"num_beams": 4, "num_return_sequences": 4, "length_penalty": 0.7, "early_stopping": "never"},
+    {"num_beams": 3, "early_stopping": True, "length_penalty": 1.3},
+    {"num_beams": 3, "do_sample": True, "temperature": 0.9, "top_k": 20, "seed": 3},
+])
+def test_beam_plan_equals_ordinary_step(beam_lm, batch, kw):
+    """Beam search's whole step from graphs (decodekit.strategies.beam_graph): every candidate's
+    tokens, log-probs, score and finish reason bitwise equal to the ordinary beam step's."""
+    graph, plain = _both(beam_lm, PROMPTS[:batch], "beam", max_new_tokens=32, **kw)
+    assert _candidates(graph) == _candidates(plain)
+    assert graph.stats.steps == plain.stats.steps
+
+
+def test_beam_plan_on_a_moved_slab(beam_lm):
+    graph, plain = _both(beam_lm, PROMPTS, "beam", headroom=0, max_new_tokens=60, eos_token_id=[],
+                         num_beams=4, num_return_sequences=2)
+    assert _candidates(graph) == _candidates(plain)
+    assert all(len(c.token_ids) == 60 for cands in graph.candidates for c in cands)
