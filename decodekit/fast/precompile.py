@@ -8,8 +8,9 @@ kernel's first launch then builds its C launcher (a C compiler run) and loads it
 slab (:class:`~decodekit.fast.slab.Slab`) :func:`precompile` runs the fused forward once per
 width with every Triton launch replaced by its compile only
 (:data:`decodekit.fast.kernels.COMPILE_ONLY`) inside ``triton.AsyncCompileMode``, which sends the
-compiles to a thread pool, then builds the launchers and loads the binaries on the same pool; the
-forwards that follow find the kernels ready. The dry forwards leave the slab as it was: with the
+compiles to forked children (:mod:`decodekit.fast.forked_compiles`: a thread pool barely overlaps
+them) and collects them on a thread pool, then builds the launchers and loads the binaries on the
+same pool; the forwards that follow find the kernels ready. The dry forwards leave the slab as it was: with the
 kernels on, every write into the cache is a Triton kernel's, and none runs.
 
 Widths: the slab's first forward (usually the prefill) and a one-token decode step, with greedy's
@@ -37,6 +38,7 @@ import torch
 from decodekit.fast import kernels as K
 from decodekit.fast import token_step as TS
 from decodekit.fast.attention import SlabView
+from decodekit.fast.forked_compiles import ForkedCompiles, fork_allowed
 from decodekit.fast.pick import greedy_pick, pick_fits
 
 __all__ = ["precompile", "PRECOMPILE"]
@@ -57,7 +59,7 @@ def precompile(path, slab, widths: list[int]) -> float:
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="decodekit-compile") as pool:
-            compiling = K.triton.AsyncCompileMode(pool)
+            compiling = ForkedCompiles(pool) if fork_allowed() else K.triton.AsyncCompileMode(pool)
             with compiling:  # on leaving, every compile has finished
                 dry = K.COMPILE_ONLY.set(True)
                 try:
