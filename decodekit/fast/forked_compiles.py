@@ -4,8 +4,8 @@
 thread pool they barely overlap: most of a compile is Python (Triton's front end) or C++ called
 with the GIL held, so a dozen compiles take about as long one after the other as on one thread
 (1.3-1.8 s for the default model on an H200 host). Here each compile is first run in a forked child
-process, which writes the compiled kernel into Triton's on-disk cache and exits; once the children
-are done, the same compile runs in this process on a pool thread and finds the cache filled (a file
+process, which writes the compiled kernel into Triton's on-disk cache, builds the kernel's C
+launcher (a C compiler run, also filed in Triton's cache) and exits; once the children are done, the same compile runs in this process on a pool thread and finds the cache filled (a file
 read). The children start from this process's memory, with Triton already imported and set up, and
 touch neither CUDA nor anything but the compile and the cache.
 
@@ -64,7 +64,7 @@ class ForkedCompiles(AsyncCompileMode):
     def __init__(self, pool: ThreadPoolExecutor, timeout: float = TIMEOUT_S):
         super().__init__(pool)
         self.pool = pool
-        self.forker = _Forker(pool, timeout)
+        self.forker = _Forker(pool, timeout, after=_build_launcher)
 
     def submit(self, key, compile_fn, finalize_fn):
         if key in self.future_kernels or _cached(key):
@@ -84,8 +84,8 @@ class _Forker(Executor):
     """``submit`` forks a child that runs the function; :meth:`start` then has the pool wait for
     each child and run the function here, completing its future."""
 
-    def __init__(self, pool: ThreadPoolExecutor, timeout: float):
-        self.pool, self.timeout = pool, timeout
+    def __init__(self, pool: ThreadPoolExecutor, timeout: float, after: Callable | None = None):
+        self.pool, self.timeout, self.after = pool, timeout, after
         self.waiting: list[tuple[int | None, Callable, Future]] = []  # (child pid or None, fn, its future)
         self.forked = 0  # children started
         self.killed = 0  # children that ran out of time
@@ -93,7 +93,7 @@ class _Forker(Executor):
     def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
         call = (lambda: fn(*args, **kwargs)) if args or kwargs else fn
         future: Future = Future()
-        pid = _fork(call)
+        pid = _fork(call, self.after)
         self.forked += pid is not None
         self.waiting.append((pid, call, future))
         return future
@@ -128,8 +128,17 @@ def _cached(key: str) -> bool:
         return False
 
 
-def _fork(call: Callable) -> int | None:
-    """Fork a child that runs ``call`` and exits; its pid, or None where forking failed."""
+def _build_launcher(kernel) -> None:
+    """A compiled kernel's C launcher, as its first launch would build it (no CUDA call): the build
+    is filed in Triton's cache, where the kernel's first launch here finds it."""
+    from triton.runtime import driver
+
+    driver.active.launcher_cls(kernel.src, kernel.metadata)
+
+
+def _fork(call: Callable, after: Callable | None = None) -> int | None:
+    """Fork a child that runs ``call`` (then ``after`` on its result) and exits; its pid, or None
+    where forking failed."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded process": see the docstring
@@ -139,8 +148,10 @@ def _fork(call: Callable) -> int | None:
     if pid == 0:  # the child: the compile, then out, whatever happens
         code = 1
         try:
-            call()
+            result = call()
             code = 0
+            if after is not None:
+                after(result)
         finally:
             os._exit(code)
     return pid
