@@ -10,6 +10,7 @@ kernels and the largest of them, the kernels by total time; and a cProfile of on
 Usage::
 
     python benchmarks/profile_call.py --shape llama-3.1-8b --tokens 96
+    python benchmarks/profile_call.py --shape llama-3.1-8b --tokens 48 --strategy beam   # 4 beams
 """
 
 from __future__ import annotations
@@ -83,12 +84,16 @@ def main() -> None:
     ap.add_argument("--shape", default="llama-3.1-8b", choices=sorted(B.SHAPES))
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--strategy", default="greedy", choices=["greedy", "beam"],
+                    help="beam: 4 beams (the decode replays are then of the 4-row slab)")
     args = ap.parse_args()
     lm = decodekit.load(B.random_model(args.shape), B.IdTokenizer())
     prompt = torch.randint(10, min(30000, lm.vocab_size), (32,), generator=torch.Generator().manual_seed(0)).tolist()
 
     def call():
-        return decodekit.generate(lm, [prompt], max_new_tokens=args.tokens, eos_token_id=lm.vocab_size - 1)
+        kw = {"num_beams": 4} if args.strategy == "beam" else {}
+        return decodekit.generate(lm, [prompt], args.strategy, max_new_tokens=args.tokens,
+                                  eos_token_id=lm.vocab_size - 1, **kw)
 
     for _ in range(2):
         call()
@@ -97,7 +102,7 @@ def main() -> None:
     gen = call()
     torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    slab = next(s for s in lm.fast.slabs[1] if (1, False) in s.graphs)
+    slab = next(s for s in lm.fast.slabs[max(lm.fast.slabs)] if (1, False) in s.graphs)
     g = slab.graphs[(1, False)].graph
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
