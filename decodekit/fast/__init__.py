@@ -11,8 +11,9 @@ K/V per bucket, static inputs, capture and replay), ``cache`` (the handle a deco
 (its Triton kernels), ``gemv`` (GEMV kernels with the norm / activation / residual inside),
 ``step_graph`` (whole loop steps from graphs, following a strategy's plan), ``token_step`` (a
 single-token step's bookkeeping in one kernel), ``pick`` (greedy's token and its log-prob in one
-kernel), ``lookup_step`` (prompt lookup's step tail in one kernel), ``precompile`` (the Triton
-kernels compiled ahead, concurrently).
+kernel), ``lookup_step`` (prompt lookup's step tail in one kernel), ``row_copy`` (beam search's
+in-place KV row moves in one kernel), ``precompile`` (the Triton kernels compiled ahead,
+concurrently), ``forked_compiles`` (those compiles in forked children).
 """
 
 from decodekit.fast.cache import FastCache

@@ -67,6 +67,7 @@ def _candidates(gen):
 
 @pytest.mark.parametrize("kw", [
     {"num_beams": 4},
+    {"num_beams": 1},
     {"num_beams": 4, "num_return_sequences": 3, "length_penalty": 0.7},
     {"num_beams": 3, "num_return_sequences": 2, "early_stopping": True, "length_penalty": 1.3},
     {"num_beams": 4, "num_return_sequences": 4, "early_stopping": "never", "length_penalty": 0.5},
