@@ -113,3 +113,27 @@ def test_no_plan_where_a_step_reads_the_host(lm, monkeypatch):
     finally:
         lm.cuda_graphs = False
     assert lm.fast.graph_steps == 0
+
+
+@pytest.mark.parametrize("plan", [True, False])
+def test_one_host_read_per_beam_step(lm, monkeypatch, plan):
+    """With the plan a beam step reads one value on the host: the loop's (lagged) stop check. The
+    ordinary beam step reads several (which candidates end, the row assignment, closed units)."""
+    from tests.test_lag import _HostReads
+
+    monkeypatch.setattr(decodekit.lag, "LAG", True)
+    lm.fast = FastPath(lm, capture=False, step_graphs=plan, headroom=64)
+    lm.cuda_graphs = True
+    reads = _HostReads(monkeypatch)
+    totals = []
+    try:
+        for n in (8, 16):
+            before = reads.total
+            decodekit.generate(lm, PROMPTS[:2], "beam", num_beams=3, max_new_tokens=n, eos_token_id=[])
+            totals.append(reads.total - before)
+    finally:
+        lm.cuda_graphs = False
+    if plan:
+        assert totals[1] - totals[0] == 8  # 8 more steps, one read each
+    else:
+        assert totals[1] - totals[0] >= 3 * 8
