@@ -5,9 +5,10 @@ thread pool they barely overlap: most of a compile is Python (Triton's front end
 with the GIL held, so a dozen compiles take about as long one after the other as on one thread
 (1.3-1.8 s for the default model on an H200 host). Here each compile is first run in a forked child
 process, which writes the compiled kernel into Triton's on-disk cache, builds the kernel's C
-launcher (a C compiler run, also filed in Triton's cache) and exits; once the children are done, the same compile runs in this process on a pool thread and finds the cache filled (a file
-read). The children start from this process's memory, with Triton already imported and set up, and
-touch neither CUDA nor anything but the compile and the cache.
+launcher (a C compiler run, also filed in Triton's cache) and exits; once the children are done,
+the same compile runs in this process on a pool thread and finds the cache filled (a file read).
+The children start from this process's memory, with Triton already imported and set up, and touch
+neither CUDA nor anything but the compile and the cache.
 
 Safety: a child only runs the compile function and leaves with ``os._exit`` (no atexit handlers, no
 CUDA teardown). A child that has not finished after ``timeout`` seconds (a lock another thread held
@@ -90,12 +91,11 @@ class _Forker(Executor):
         self.forked = 0  # children started
         self.killed = 0  # children that ran out of time
 
-    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
-        call = (lambda: fn(*args, **kwargs)) if args or kwargs else fn
+    def submit(self, fn: Callable) -> Future:  # AsyncCompileMode passes the compile alone
         future: Future = Future()
-        pid = _fork(call, self.after)
+        pid = _fork(fn, self.after)
         self.forked += pid is not None
-        self.waiting.append((pid, call, future))
+        self.waiting.append((pid, fn, future))
         return future
 
     def start(self) -> None:

@@ -10,8 +10,8 @@ width with every Triton launch replaced by its compile only
 (:data:`decodekit.fast.kernels.COMPILE_ONLY`) inside ``triton.AsyncCompileMode``, which sends the
 compiles to forked children (:mod:`decodekit.fast.forked_compiles`: a thread pool barely overlaps
 them) and collects them on a thread pool, then builds the launchers and loads the binaries on the
-same pool; the forwards that follow find the kernels ready. The dry forwards leave the slab as it was: with the
-kernels on, every write into the cache is a Triton kernel's, and none runs.
+same pool; the forwards that follow find the kernels ready. The dry forwards leave the slab as it
+was: with the kernels on, every write into the cache is a Triton kernel's, and none runs.
 
 Widths: the slab's first forward (usually the prefill) and a one-token decode step, with greedy's
 choice (:mod:`decodekit.fast.pick`) and a single-token step's bookkeeping

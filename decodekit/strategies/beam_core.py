@@ -32,8 +32,8 @@ from decodekit.processors import History
 from decodekit.state import Candidate, DecodeState, StepOutput
 from decodekit.strategies.beam_hyps import REASONS, Hypotheses, reason_code
 
-__all__ = ["BeamSettings", "Beams", "Selection", "start", "process", "select", "commit", "eligible", "offer", "close",
-           "output", "retire", "finalize"]
+__all__ = ["BeamSettings", "Beams", "Selection", "start", "process", "select", "commit", "assign_rows",
+           "eligible", "offer", "close", "output", "retire", "finalize"]
 
 _NEG = -1.0e9  # transformers' score of impossible beams
 
@@ -201,10 +201,10 @@ def commit(state: DecodeState, beams: Beams, sel: Selection) -> StepOutput:
     if bool(ending.any()):
         offer(state, beams, sel, ending, denominator)
     parent, token = close(beams, sel, closed, denominator)
-    dest, index = _assign(beams.rows_of.tolist(), parent.tolist())
-    if index is not None:  # some row changes: move those rows (ids, masks, KV cache ...)
-        state.select_rows(torch.tensor(index, device=parent.device))
-    beams.rows_of = torch.tensor(dest, device=parent.device)  # [units, width]
+    dest, index = assign_rows(beams.rows_of, parent)  # [units, width], [rows]
+    if bool((index != torch.arange(index.shape[0], device=index.device)).any()):  # some row changes:
+        state.select_rows(index)  # move those rows (ids, masks, KV cache ...)
+    beams.rows_of = dest
     _mark_done(state, beams, changed=bool((beams.closed != closed).any()))
     return output(state, beams, sel, token)
 
@@ -270,23 +270,36 @@ def _sequences(state: DecodeState, beams: Beams, parent: torch.Tensor, token: to
     return ids, logprobs, col[..., 0] + 1
 
 
-def _assign(rows_of: list[list[int]], parent: list[list[int]]):
-    """Physical rows ``dest [units][width]`` for the new beams, whose parents are ``parent`` rows: the
-    first child of a row stays in it, the others move into the unit's rows left without a child.
-    Also ``index`` for ``select_rows`` (new row i = old row index[i]), or None if no row changes."""
-    dest, index, moved = [], list(range(sum(map(len, rows_of)))), False
-    for own, parents in zip(rows_of, parent):
-        first, taken = [], set()
-        for p in parents:
-            first.append(p not in taken)
-            taken.add(p)
-        free = iter([r for r in own if r not in taken])
-        rows = [p if f else next(free) for p, f in zip(parents, first)]
-        for d, p in zip(rows, parents):
-            index[d] = p
-            moved = moved or d != p
-        dest.append(rows)
-    return dest, (index if moved else None)
+def assign_rows(rows_of: torch.Tensor, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Physical rows of the new beams, computed on the device (no host read: a captured step may call it).
+
+    Args:
+        rows_of: ``[units, width]`` long, each unit's rows (beams in logical order).
+        parent: ``[units, width]`` long, the row each new beam extends (one of its unit's rows).
+
+    Returns:
+        ``dest [units, width]``: the row of each new beam (the first beam extending a row stays in
+        it, the others take the unit's rows that no beam extends, in ``rows_of`` order), and
+        ``index [rows]``: new row ``i`` = old row ``index[i]`` (identity where nothing moves).
+
+    Example:
+        >>> dest, index = assign_rows(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 1, 0]]))
+        >>> dest.tolist(), index.tolist()
+        ([[1, 2, 0]], [0, 1, 1])
+    """
+    units, width = parent.shape
+    dev = parent.device
+    same = parent[:, :, None] == parent[:, None, :]  # [units, width, width]: beams j, i extend one row
+    before = torch.ones(width, width, dtype=torch.bool, device=dev).tril(-1)  # [width, width]: i < j
+    first = ~(same & before).any(2)  # [units, width]: beam j is the first to extend its row
+    free = ~(rows_of[:, :, None] == parent[:, None, :]).any(2)  # [units, width]: no beam extends the row
+    free_rank = free.long().cumsum(1) - 1  # [units, width]: place of each free row among them
+    later_rank = (~first).long().cumsum(1) - 1  # [units, width]: place of each later beam among them
+    match = free[:, None, :] & (free_rank[:, None, :] == later_rank[:, :, None])  # [units, j, i]
+    taken = (match.long() * rows_of[:, None, :]).sum(2)  # [units, width]: the free row beam j takes
+    dest = torch.where(first, parent, taken)  # [units, width]
+    index = torch.arange(units * width, device=dev).scatter(0, dest.flatten(), parent.flatten())  # [rows]
+    return dest, index
 
 
 # ------------------------------------------------------------------------- stops from the loop

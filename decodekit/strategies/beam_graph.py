@@ -1,15 +1,15 @@
 """Beam search's whole step with nothing read on the host: a :class:`~decodekit.fast.step_graph.Plan`.
 
 The ordinary beam step (:class:`~decodekit.strategies.beam.Beam`, :mod:`~decodekit.strategies.beam_core`)
-reads the host three times a step: whether any candidate finishes, which physical row each new beam
-takes (``_assign``, a Python loop), and whether a unit closed. On a GPU each read stalls the host
+reads the host several times a step: whether the loop stopped a beam, whether any candidate
+finishes, whether any row moves, and whether a unit closed. On a GPU each read stalls the host
 until the step's kernels have run, so a beam step cost several times a greedy one. This plan runs
 the same step with every decision on the device, so the loop replays it from CUDA graphs
 (:mod:`decodekit.fast.step_graph`):
 
 * candidates are always offered to the finished hypotheses (none eligible: nothing changes);
-* :func:`assign_rows` places the new beams on the device, with the same rule as the host version
-  (the first beam extending a row stays in it; the others take the unit's rows no beam extends);
+* :func:`~.beam_core.assign_rows` places the new beams on the device (the first beam extending a
+  row stays in it; the others take the unit's rows no beam extends), as the ordinary step does;
 * the rows that change are copied in place: ``ids``, ``logprobs`` and the KV cache (a Triton kernel
   that copies only moved rows up to the current column where Triton runs,
   :mod:`decodekit.fast.row_copy`); masks, lengths and limits are equal within a unit and stay;
@@ -35,41 +35,9 @@ import torch
 from decodekit.state import FINISH_CODES, DecodeState, StepOutput
 from decodekit.strategies import beam_core
 
-__all__ = ["BeamPlan", "assign_rows"]
+__all__ = ["BeamPlan"]
 
 _BEAM_DONE = FINISH_CODES.index("beam_done")
-
-
-def assign_rows(rows_of: torch.Tensor, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Physical rows of the new beams, on the device: the same rule as the host's ``_assign``.
-
-    Args:
-        rows_of: ``[units, width]`` long, each unit's rows (beams in logical order).
-        parent: ``[units, width]`` long, the row each new beam extends (one of its unit's rows).
-
-    Returns:
-        ``dest [units, width]``: the row of each new beam (the first beam extending a row stays in
-        it, the others take the unit's rows that no beam extends, in ``rows_of`` order), and
-        ``index [rows]``: new row ``i`` = old row ``index[i]`` (identity where nothing moves).
-
-    Example:
-        >>> dest, index = assign_rows(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 1, 0]]))
-        >>> dest.tolist(), index.tolist()
-        ([[1, 2, 0]], [0, 1, 1])
-    """
-    units, width = parent.shape
-    dev = parent.device
-    same = parent[:, :, None] == parent[:, None, :]  # [units, width, width]: beams j, i extend one row
-    before = torch.ones(width, width, dtype=torch.bool, device=dev).tril(-1)  # [width, width]: i < j
-    first = ~(same & before).any(2)  # [units, width]: beam j is the first to extend its row
-    free = ~(rows_of[:, :, None] == parent[:, None, :]).any(2)  # [units, width]: no beam extends the row
-    free_rank = free.long().cumsum(1) - 1  # [units, width]: place of each free row among them
-    later_rank = (~first).long().cumsum(1) - 1  # [units, width]: place of each later beam among them
-    match = free[:, None, :] & (free_rank[:, None, :] == later_rank[:, :, None])  # [units, j, i]
-    taken = (match.long() * rows_of[:, None, :]).sum(2)  # [units, width]: the free row beam j takes
-    dest = torch.where(first, parent, taken)  # [units, width]
-    index = torch.arange(units * width, device=dev).scatter(0, dest.flatten(), parent.flatten())  # [rows]
-    return dest, index
 
 
 class BeamPlan:
@@ -119,7 +87,7 @@ class BeamPlan:
         denominator = length.to(beams.hyps.score.dtype)
         beam_core.offer(state, beams, sel, beam_core.eligible(beams, sel, closed), denominator)
         parent, token = beam_core.close(beams, sel, closed, denominator)
-        dest, index = assign_rows(beams.rows_of, parent)
+        dest, index = beam_core.assign_rows(beams.rows_of, parent)
         _move_rows(state, index, write + 1)
         beams.rows_of = dest
         newly = beams.closed[beams.unit_of_row] & ~state.done  # [rows]
@@ -129,7 +97,8 @@ class BeamPlan:
 
 def _move_rows(state: DecodeState, index: torch.Tensor, end: torch.Tensor) -> None:
     """Row i becomes old row ``index[i]`` in place for what differs between a unit's beams: tokens,
-    log-probs, traces and the cache's first ``end[0]`` columns (no row that is copied is overwritten)."""
+    log-probs, traces and the cache's first ``end[0]`` columns (no row that is copied is overwritten).
+    ``next_logits`` stays in the old order: nothing reads it after the step (no monitors here)."""
     for t in (state.ids, state.logprobs, *state.traces.values()):  # [rows, ...]
         t.copy_(t.index_select(0, index))
     state.cache.permute_rows(index, end)

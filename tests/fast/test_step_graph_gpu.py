@@ -15,6 +15,7 @@ import torch
 
 import decodekit
 from decodekit.fast import FastPath
+from tests.strategies.test_beam_graph import _candidates
 from tests.toy import ByteTokenizer, tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -141,10 +142,6 @@ def beam_lm():
     from tests.strategies.test_beam import eos_lm
 
     return decodekit.load(eos_lm(seed=1).model.to("cuda"), ByteTokenizer())
-
-
-def _candidates(gen):
-    return [[(c.token_ids, c.logprobs, c.score, c.finish_reason) for c in cands] for cands in gen.candidates]
 
 
 @pytest.mark.parametrize("batch", [1, 4])
