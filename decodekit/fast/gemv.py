@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.kernels import _pow2, _tickets_for, launch, triton
+from decodekit.fast.kernels import _pow2, _tickets_for, gdc_launch_dependents, gdc_wait, launch, pdl_meta, triton
 
 if triton is not None:
     import triton.language as tl
@@ -83,22 +83,30 @@ if triton is not None:
     def _gemv_kernel(a, g, w, bias, out, part, tickets, N, OUT, eps, s_a, s_w, s_out,
                      K: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr, NORM: tl.constexpr,
                      ACT: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr,
-                     BO: tl.constexpr, BK: tl.constexpr):
+                     BO: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
         """``out (+)= act(a) @ w.T (+ bias)`` for the rows of ``a``: no ``tl.dot``. Program (i, s) owns
         output features ``i * BO ..`` and reduction columns ``s * KS .. s * KS + KS - 1``; each weight
-        tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and used for all ``BN`` rows."""
+        tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and used for all ``BN`` rows. With
+        ``PDL`` (programmatic dependent launch) the first tile -- weights, which no kernel writes -- is
+        loaded before the program waits for the kernel before it to finish; its results are read
+        only after."""
         po = tl.program_id(0)
         ks = tl.program_id(1)
         o = po * BO + tl.arange(0, BO)  # [BO]: this program's output features
         om = o < OUT
         n = tl.arange(0, BN)  # [BN]: rows, the first N real
         nm = n < N
+        k = ks * KS + tl.arange(0, BK)  # [BK]: the first tile's columns
+        wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & (k < K)[None, :], other=0.0)  # [BO, BK]
+        if PDL:  # the previous kernel's outputs (a, out, the tickets) are complete past this point
+            gdc_wait()
+            gdc_launch_dependents()  # after the wait: a dependent's early part overlaps this kernel only
         r = tl.zeros([BN], tl.float32)
         if NORM:  # each row's sum of squares over all of d (x is a few rows, L2-resident)
             ss = tl.zeros([BN], tl.float32)
             for k0 in range(0, K, BK):
-                k = k0 + tl.arange(0, BK)
-                v = tl.load(a + n[:, None] * s_a + k[None, :], mask=nm[:, None] & (k < K)[None, :], other=0.0)
+                kk = k0 + tl.arange(0, BK)
+                v = tl.load(a + n[:, None] * s_a + kk[None, :], mask=nm[:, None] & (kk < K)[None, :], other=0.0)
                 v = v.to(tl.float32)
                 ss += tl.sum(v * v, 1)
             r = tl.rsqrt(ss / K + eps)
@@ -106,8 +114,9 @@ if triton is not None:
         for k0 in range(0, KS, BK):
             k = ks * KS + k0 + tl.arange(0, BK)  # [BK]
             km = k < K
+            if k0 > 0:  # the first tile is loaded above
+                wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)
             v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
-            wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)  # [BO, BK]
             acc += tl.sum(v[:, None, :] * wt.to(tl.float32)[None, :, :], 2)  # [BN, BO]; exact bf16 products
         if SPLIT > 1:  # split-K: partials [SPLIT, BN, OUT]; the last program of output block po sums them
             pm = nm[:, None] & om[None, :]
@@ -130,7 +139,9 @@ def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
     """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
     suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode steps,
     :data:`GEMV_FIT_ROWS`) and a small weight (:data:`GEMV_MAX_ELEMENTS`), where :data:`GEMV` is
-    on. Prefill, verify steps and large models keep cuBLAS.
+    on. Prefill, verify steps and large models keep cuBLAS: an 8B model's decode step chained
+    through these kernels took 1.12x cuBLAS's time (1.08x with programmatic dependent launch;
+    ``benchmarks/bench_chain.py``).
 
     Example:
         >>> gemv_fits(1, 960, 576), gemv_fits(12, 960, 576), gemv_fits(1, 28672, 4096)
@@ -153,7 +164,8 @@ def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
 
 
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,
-                 block_k: int | None, num_warps: int | None, split_k: int | None) -> tuple[tuple[int, int], dict]:
+                 block_k: int | None, num_warps: int | None, split_k: int | None,
+                 pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
     """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
 
     Default rule, from an H200 sweep (bf16, cold L2) of SmolLM2-135M's and Llama-3.2-1B's shapes at
@@ -177,7 +189,7 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     split_k = triton.cdiv(in_features, ks)
     num_warps = num_warps or 4
     return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=_pow2(N), BO=block_o, BK=block_k,
-                                     num_warps=num_warps)
+                                     num_warps=num_warps, **pdl_meta(x.device, pdl))
 
 
 def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -205,6 +217,7 @@ def norm_linear(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
+    pdl: bool | None = None,
 ) -> torch.Tensor:  # [N, out]
     """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` in one kernel.
 
@@ -223,7 +236,7 @@ def norm_linear(
         torch.Size([3, 960])
     """
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, pdl=pdl)
     return _gemv(x, norm_weight, eps, weight, bias, out, True, False, False, blocks)
 
 
@@ -236,6 +249,7 @@ def act_linear_add_(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
+    pdl: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += (silu(gate) * up) @ weight.T`` in place, in one kernel: the MLP's end and its residual.
 
@@ -254,7 +268,7 @@ def act_linear_add_(
     """
     if gate_up.shape[1] != 2 * weight.shape[1]:
         raise ValueError(f"decodekit.fast: gate_up {tuple(gate_up.shape)} for a weight {tuple(weight.shape)}")
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, pdl=pdl)
     return _gemv(gate_up, None, 0.0, weight, None, x, False, True, True, blocks)
 
 
@@ -268,9 +282,10 @@ def linear_add_(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
+    pdl: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += a @ weight.T (+ bias)`` in place, in one kernel (the output projection and its residual;
     the fused step uses it when :data:`GEMV_O_PROJ`). Rounds once, as ``x.addmm_``; blocks as
     :func:`act_linear_add_`."""
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, pdl=pdl)
     return _gemv(a, None, 0.0, weight, bias, x, False, False, True, blocks)

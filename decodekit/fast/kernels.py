@@ -45,10 +45,17 @@ try:
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - Triton before 3.3
+    gdc_launch_dependents = gdc_wait = None
 
 __all__ = ["kernel_reason", "launch", "warm_up", "wait_for_warm_up", "rms_norm", "rope_write", "attend",
            "rope_attend", "attend_fits", "silu_mul"]
 
+# programmatic dependent launch (Hopper and later): a kernel's programs may start while the kernel
+# before it finishes and load what no kernel writes (weights) before they wait for it
+PDL = os.environ.get("DECODEKIT_PDL", "1") != "0"
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
 COMBINE_ELEMENTS = 16384  # partial outputs (blocks x GP x head_dim floats) the combine loads at once
@@ -81,6 +88,20 @@ def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
         kernel.warmup(*args, grid=grid, **meta)
     else:
         kernel[grid](*args, **meta)
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Whether kernels on ``device`` can use programmatic dependent launch: :data:`PDL` on, a CUDA
+    device of compute capability 9.0 or later (not Triton's interpreter), a Triton that has it."""
+    return (PDL and gdc_wait is not None and device.type == "cuda" and torch.cuda.is_available()
+            and os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def pdl_meta(device: torch.device, pdl: bool | None = None) -> dict:
+    """Launch keywords of a kernel with a ``PDL`` constexpr: on where ``pdl`` (default:
+    :func:`pdl_supported`) says so, then with Triton's ``launch_pdl``."""
+    on = pdl_supported(device) if pdl is None else bool(pdl)
+    return dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
 
 
 _warming: threading.Thread | None = None
@@ -215,12 +236,14 @@ if triton is not None:
                              T, S, scale, s_qn, s_qh, s_cs, s_kr, s_kh, s_kc, s_vr, s_vh, s_vc, s_mr, s_on, s_oh,
                              G: tl.constexpr, GP: tl.constexpr, HD: tl.constexpr, BLOCK_D: tl.constexpr,
                              BLOCK_C: tl.constexpr, SP: tl.constexpr, RB: tl.constexpr, LAST_COMBINES: tl.constexpr,
-                             ROPE: tl.constexpr, H: tl.constexpr, KVH: tl.constexpr):
+                             ROPE: tl.constexpr, H: tl.constexpr, KVH: tl.constexpr, PDL: tl.constexpr):
         """With ``ROPE``, ``q`` is the raw q/k/v projection ``[N, (H + 2 KVH) * HD]``: the program rotates
         its queries, takes the step's new keys / values from it rather than from the cache (rounded to
         the cache's dtype, as the cache will hold them) and, in the block holding its token's own
         column, writes the token's key and value into the cache: rotary, cache write and attention in
-        one kernel, each result equal to :func:`rope_write` followed by the plain kernel."""
+        one kernel, each result equal to :func:`rope_write` followed by the plain kernel. With ``PDL``
+        (``ROPE`` only: then the kernel before does not write the cache) the programs load their
+        cache block before they wait for the kernel before to finish."""
         n = tl.program_id(0)  # token: row n // T, step token n % T
         j = tl.program_id(1)  # kv head: query heads j * G .. j * G + G - 1
         b = tl.program_id(2)  # column block: columns b * BLOCK_C ..
@@ -229,9 +252,19 @@ if triton is not None:
         last = tl.load(write + t)  # the token's own column: it sees owned columns <= last
         head = n * tl.num_programs(1) + j
         base = head * SP  # partials [N, kv, SP, GP(, BLOCK_D)]
+        gi = tl.arange(0, GP)
+        d = tl.arange(0, BLOCK_D)
+        c = b * BLOCK_C + tl.arange(0, BLOCK_C)
+        seen = c <= last  # [BLOCK_C]; none in blocks past the token's own column: they load nothing
+        kvm = seen[:, None] & (d[None, :] < HD)  # the mask, k and v loads do not wait for each other
+        own = seen & (tl.load(mask + r * s_mr + c, mask=seen, other=0) > 0)  # [BLOCK_C]
+        k_in = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
+        v_in = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
+        if PDL:  # the cache, its mask and the columns are not written by the kernel before (the
+            # projection: PDL is for ROPE only); its output, q, is read past this point
+            gdc_wait()
+            gdc_launch_dependents()
         if b * BLOCK_C <= last:  # blocks past the token's own column do nothing but take their ticket
-            gi = tl.arange(0, GP)
-            d = tl.arange(0, BLOCK_D)
             qm = (gi[:, None] < G) & (d[None, :] < HD)
             qp = q + n * s_qn + (j * G + gi[:, None]) * s_qh  # [GP, 1]
             if ROPE:  # rotated as rope_write does, rounded to the dtype it stores
@@ -239,14 +272,8 @@ if triton is not None:
             else:
                 qv = tl.load(qp + d[None, :], mask=qm, other=0.0)
             qv = qv.to(tl.float32) * scale  # [GP, BLOCK_D]
-            c = b * BLOCK_C + tl.arange(0, BLOCK_C)
-            seen = c <= last  # [BLOCK_C]
-            kvm = seen[:, None] & (d[None, :] < HD)  # the mask, k and v loads do not wait for each other
-            own = seen & (tl.load(mask + r * s_mr + c, mask=seen, other=0) > 0)  # [BLOCK_C]
-            k = tl.load(keys + r * s_kr + j * s_kh + c[:, None] * s_kc + d[None, :], mask=kvm, other=0.0)
-            v = tl.load(values + r * s_vr + j * s_vh + c[:, None] * s_vc + d[None, :], mask=kvm, other=0.0)
-            k = k.to(tl.float32)  # [BLOCK_C, BLOCK_D]
-            v = v.to(tl.float32)
+            k = k_in.to(tl.float32)  # [BLOCK_C, BLOCK_D] (new names: a Triton variable keeps its type)
+            v = v_in.to(tl.float32)
             if ROPE:  # the step's new columns in this block come from the projection, not the cache
                 dm = d < HD
                 t2 = 0
@@ -431,7 +458,8 @@ def _attend(q, s_qn, s_qh, h, hd, keys, values, mask, write, scale, rope, block_
         keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), mask.stride(0), out.stride(0), out.stride(1),
         G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb, LAST_COMBINES=last_combines,
-        ROPE=rope is not None, H=h, KVH=rope_kv, num_warps=4)
+        ROPE=rope is not None, H=h, KVH=rope_kv, num_warps=4, 
+        **pdl_meta(q.device, None if rope is not None else False))
     if not last_combines:
         launch(_attend_reduce_kernel, (N, kvh), part_m, part_l, part_o, out, write, write.shape[0], S,
                out.stride(0), out.stride(1), G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb,

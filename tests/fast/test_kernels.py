@@ -309,3 +309,68 @@ def test_gemv_default_blocks():
     assert grid == (24, 4) and (meta["BK"], meta["KS"], meta["SPLIT"]) == (2048, 2048, 4)
     grid, meta = G._gemv_launch(torch.empty(1, 96), torch.empty(96, 300), torch.empty(1, 300), 8, 64, 1, 2)
     assert grid == (12, 2) and (meta["KS"], meta["num_warps"]) == (192, 1)  # 5 blocks: 3 + 2
+    assert meta["PDL"] is False and "launch_pdl" not in meta  # no programmatic dependent launch on the CPU
+
+
+def test_pdl_meta():
+    """Programmatic dependent launch only where the device has it (CUDA, compute capability >= 9.0),
+    never under the interpreter; forced on, Triton's launch keyword comes with it."""
+    assert K.pdl_meta(torch.device("cpu")) == {"PDL": False}
+    assert K.pdl_meta(torch.device("cpu"), True) == {"PDL": True, "launch_pdl": True}
+    assert K.pdl_meta(DEVICE, False) == {"PDL": False}
+    on = DEVICE.type == "cuda" and torch.cuda.get_device_capability(DEVICE)[0] >= 9 and K.gdc_wait is not None
+    assert K.pdl_supported(DEVICE) == (on and K.PDL)
+
+
+def _layer_chain(x, layers, cos, sin, write, mask, h, kv, hd):
+    """The fused step's decode layers as its kernels run them (norm + q/k/v, rotary + cache write +
+    attention, output projection + residual, norm + gate/up, activation + down + residual)."""
+    for w in layers:
+        qkv = G.norm_linear(x, w["g1"], EPS, w["qkv"])
+        o = K.rope_attend(qkv, cos, sin, write, w["keys"], w["values"], mask, h, kv, hd, hd ** -0.5)
+        G.linear_add_(x, o.view(x.shape[0], h * hd), w["o"])
+        gu = G.norm_linear(x, w["g2"], EPS, w["gate_up"])
+        G.act_linear_add_(x, gu, w["down"])
+    return x
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (DEVICE.type == "cuda" and K.pdl_supported(DEVICE)), reason="needs a GPU with PDL")
+@pytest.mark.parametrize("rows", [1, 4])
+def test_pdl_chain_equals_plain_launches(rows, monkeypatch):
+    """A chain of dependent kernels launched with programmatic dependent launch -- eagerly and
+    replayed from a CUDA graph, several times over -- gives the plain launches' residual stream and
+    caches bit for bit: no kernel reads its predecessor's output (or writes) before it has waited."""
+    g = torch.Generator(device=DEVICE).manual_seed(rows)
+    bf, d, ff, h, kv, hd, C = torch.bfloat16, 576, 1536, 9, 3, 64, 96
+    r = lambda *s: torch.randn(*s, generator=g, device=DEVICE).to(bf)  # noqa: E731
+    layers = [dict(g1=1 + 0.1 * r(d), g2=1 + 0.1 * r(d), qkv=r((h + 2 * kv) * hd, d) * d ** -0.5,
+                   o=r(d, h * hd) * (h * hd) ** -0.5, gate_up=r(2 * ff, d) * d ** -0.5, down=r(d, ff) * ff ** -0.5,
+                   keys=r(rows, kv, C, hd), values=r(rows, kv, C, hd)) for _ in range(6)]
+    x0, cos, sin = r(rows, d), r(rows, hd), r(rows, hd)
+    write = torch.tensor([50], device=DEVICE)
+    mask = torch.ones(rows, C, dtype=torch.long, device=DEVICE)
+    mask[:, 51:] = 0
+    caches0 = [(w["keys"].clone(), w["values"].clone()) for w in layers]
+
+    def run(pdl: bool, graph: bool):
+        monkeypatch.setattr(K, "PDL", pdl)
+        for w, (k0, v0) in zip(layers, caches0):
+            w["keys"].copy_(k0), w["values"].copy_(v0)
+        x = x0.clone()
+        _layer_chain(x, layers, cos, sin, write, mask, h, kv, hd)
+        if graph:  # the same chain captured, replayed three times from the same start
+            gr = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(gr):
+                _layer_chain(x, layers, cos, sin, write, mask, h, kv, hd)
+            for _ in range(3):
+                x.copy_(x0)
+                gr.replay()
+        torch.cuda.synchronize()
+        return x.clone(), [(w["keys"].clone(), w["values"].clone()) for w in layers]
+
+    want_x, want_caches = run(False, False)
+    for graph in (False, True):
+        got_x, got_caches = run(True, graph)
+        assert torch.equal(got_x, want_x)
+        assert all(torch.equal(a, c) and torch.equal(b, e) for (a, b), (c, e) in zip(got_caches, want_caches))
