@@ -283,6 +283,8 @@ class Bench:
                  f"{tg / tp:.2f}x greedy, {same}, mean accepted {acc:.2f}/verify, defaults")
         variants = [  # the default (draft_policy="auto"): 4 drafts every step, whole steps from graphs
             ("4 drafts always, tail as PyTorch ops", {}, True),
+            ("3 drafts always (a 4-token verify: the GEMV kernels)", dict(graph_draft_tokens=3), False),
+            ("2 drafts always", dict(graph_draft_tokens=2), False),
             ("cost-aware width", dict(draft_policy="cost"), False),
             ("8 drafts always", dict(draft_policy="schedule", draft_tokens=8, adaptive=False), False),
             ("12 drafts always", dict(draft_policy="schedule", draft_tokens=12, adaptive=False), False)]
