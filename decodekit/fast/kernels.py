@@ -19,6 +19,13 @@ transformers' building blocks spend several kernels where one does:
 * the GEMV kernels with RMSNorm, SiLU-and-mul and the residual inside live in
   :mod:`decodekit.fast.gemv`.
 
+Programmatic dependent launch (Hopper and later, :func:`pdl_meta`; ``DECODEKIT_PDL=0`` turns it
+off): ``rope_attend`` and the GEMV kernels are launched so that their programs may start while the
+kernel before them finishes. What they load before ``griddepcontrol.wait`` is only what no kernel of
+the step writes (weights; for ``rope_attend`` its block of the cache, the mask and the columns,
+which the projection before it does not touch); they signal their own dependents only after the
+wait, so an early start overlaps one kernel, never two. Bit for bit the plain launches' results.
+
 Each computes in fp32 and rounds once to the output dtype, so results agree with transformers'
 bf16 building blocks to bf16 rounding and exactly (to fp32 rounding) in fp32. They run on CUDA, or
 on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, the tests). :func:`kernel_reason`
