@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from contextvars import ContextVar
 
 import torch
@@ -86,22 +87,51 @@ def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
 COMPILE_ONLY: ContextVar[bool] = ContextVar("decodekit_compile_only", default=False)
 
 
+_pdl_launched = False  # a launch with programmatic dependent launch has succeeded in this process
+
+
 def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
     """``kernel[grid](*args, **meta)``; while :data:`COMPILE_ONLY` (:mod:`decodekit.fast.precompile`),
     only the compile of the kernel that this call would launch (Triton's ``warmup``), which an active
-    ``triton.AsyncCompileMode`` sends to its thread pool. Waits for :func:`warm_up`'s thread first."""
+    ``triton.AsyncCompileMode`` sends to its thread pool. Waits for :func:`warm_up`'s thread first.
+
+    Should the process's first launch with programmatic dependent launch (``launch_pdl``) fail -- a
+    driver or a Triton without it -- :data:`PDL` is turned off with a warning and the kernel is
+    launched without it; later failures are raised as they are."""
+    global PDL, _pdl_launched
     wait_for_warm_up()
     if COMPILE_ONLY.get():
         kernel.warmup(*args, grid=grid, **meta)
-    else:
+        return
+    if not meta.get("launch_pdl") or _pdl_launched:
         kernel[grid](*args, **meta)
+        return
+    try:
+        kernel[grid](*args, **meta)
+    except Exception as exc:  # noqa: BLE001 - retried below without PDL; raised again if that fails too
+        PDL = False
+        warnings.warn(f"decodekit.fast: a launch with programmatic dependent launch failed ({exc}); "
+                      "launching without it from now on (DECODEKIT_PDL=0 skips the attempt)", RuntimeWarning,
+                      stacklevel=2)
+        meta = {k: v for k, v in meta.items() if k != "launch_pdl"}
+        kernel[grid](*args, **dict(meta, PDL=False))
+    else:
+        _pdl_launched = True
+
+
+_hopper: dict[int, bool] = {}  # CUDA device index -> compute capability >= 9.0
 
 
 def pdl_supported(device: torch.device) -> bool:
     """Whether kernels on ``device`` can use programmatic dependent launch: :data:`PDL` on, a CUDA
     device of compute capability 9.0 or later (not Triton's interpreter), a Triton that has it."""
-    return (PDL and gdc_wait is not None and device.type == "cuda" and torch.cuda.is_available()
-            and os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(device)[0] >= 9)
+    if not (PDL and gdc_wait is not None and device.type == "cuda" and torch.cuda.is_available()
+            and os.environ.get("TRITON_INTERPRET") != "1"):
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index not in _hopper:
+        _hopper[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _hopper[index]
 
 
 def pdl_meta(device: torch.device, pdl: bool | None = None) -> dict:

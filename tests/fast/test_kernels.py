@@ -374,3 +374,37 @@ def test_pdl_chain_equals_plain_launches(rows, monkeypatch):
         got_x, got_caches = run(True, graph)
         assert torch.equal(got_x, want_x)
         assert all(torch.equal(a, c) and torch.equal(b, e) for (a, b), (c, e) in zip(got_caches, want_caches))
+
+
+class _FakeKernel:
+    """Records each launch's keywords; a launch with ``launch_pdl`` fails where ``pdl_fails``."""
+
+    def __init__(self, pdl_fails: bool):
+        self.pdl_fails, self.launches = pdl_fails, []
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.launches.append(meta)
+            if meta.get("launch_pdl") and self.pdl_fails:
+                raise RuntimeError("CUDA driver: launch attribute not supported")
+        return run
+
+
+def test_launch_falls_back_once_when_pdl_cannot_launch(monkeypatch):
+    """A first launch with PDL that fails turns PDL off (warning) and launches the plain kernel; once a
+    PDL launch has succeeded, failures are the kernel's own and are raised."""
+    monkeypatch.setattr(K, "PDL", True)
+    monkeypatch.setattr(K, "_pdl_launched", False)
+    kernel = _FakeKernel(pdl_fails=True)
+    with pytest.warns(RuntimeWarning, match="programmatic dependent launch failed"):
+        K.launch(kernel, (1,), 0, PDL=True, launch_pdl=True, num_warps=4)
+    assert kernel.launches == [dict(PDL=True, launch_pdl=True, num_warps=4), dict(PDL=False, num_warps=4)]
+    assert K.PDL is False and K.pdl_meta(DEVICE) == {"PDL": False}
+
+    monkeypatch.setattr(K, "PDL", True)
+    ok = _FakeKernel(pdl_fails=False)
+    K.launch(ok, (1,), 0, PDL=True, launch_pdl=True)
+    assert K._pdl_launched and len(ok.launches) == 1
+    with pytest.raises(RuntimeError, match="not supported"):  # after a success: not PDL's fault, raised
+        K.launch(_FakeKernel(pdl_fails=True), (1,), 0, PDL=True, launch_pdl=True)
+    assert K.PDL is True
