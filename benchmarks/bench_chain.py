@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_gemv import EPS, SHAPES  # noqa: E402
 from decodekit.fast import gemv as G  # noqa: E402
 from decodekit.fast import kernels as K  # noqa: E402
+from decodekit.fast import launch as L  # noqa: E402
 
 
 def chain(variant: str, x: torch.Tensor, layers: list[dict], hq: int) -> None:
@@ -66,7 +67,7 @@ def main() -> None:
     d, ff, h, kv, hd, _ = SHAPES[args.shape]
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"PDL supported: {K.pdl_supported(dev)}")
+          f"PDL supported: {L.pdl_supported(dev)}")
     print(f"command: {shlex.join([sys.executable] + sys.argv)}")
     layers = [dict(g1=(1 + 0.1 * torch.randn(d, device=dev)).to(bf), g2=(1 + 0.1 * torch.randn(d, device=dev)).to(bf),
                    qkv=torch.randn((h + 2 * kv) * hd, d, device=dev, dtype=bf) * d ** -0.5,

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import decodekit  # noqa: E402
 from decodekit.api import encode_prompts  # noqa: E402
 from decodekit.fast import FastPath  # noqa: E402
-from decodekit.fast import kernels as K  # noqa: E402
+from decodekit.fast import launch as L  # noqa: E402
 from decodekit.strategies.speculative import graph_plan as GP  # noqa: E402
 
 SHAPES = {  # random-weight models of real architectures (default RoPE: timing does not depend on it)
@@ -211,12 +211,12 @@ class Bench:
             lm.fast = None
 
         def no_pdl():
-            K.PDL = False  # the kernels launched without programmatic dependent launch
+            was, L.PDL = L.PDL, False  # the kernels launched without programmatic dependent launch
             try:
                 lm.fast = FastPath(lm)
                 t = median_time(lambda: self.dk(prompt, n=n, eos=False), runs)
             finally:
-                K.PDL, lm.fast = True, None
+                L.PDL, lm.fast = was, None
             self.add(self.name, "decodekit greedy (graph path, no PDL)", 1e3 * t / n, "DECODEKIT_PDL=0")
 
         def beam():
@@ -243,7 +243,7 @@ class Bench:
 
         self.guarded("decodekit eager greedy", eager)
         self.guarded("decodekit greedy (graph path)", graph)
-        if K.pdl_supported(torch.device("cuda")):
+        if L.pdl_supported(torch.device("cuda")):
             self.guarded("decodekit greedy (graph path, no PDL)", no_pdl)
         self.guarded("decodekit greedy (graph path, forward only from graphs)", no_step_graphs)
         self.guarded("decodekit greedy (graph path, fused, no Triton kernels)", no_kernels)

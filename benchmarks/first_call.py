@@ -2,7 +2,7 @@
 
 A random-weight SmolLM2-shaped bf16 model; the first ``generate`` of 96 tokens pays prefill, graph
 capture and (with an empty Triton cache) compiling decodekit's Triton kernels. ``decodekit.load``
-starts Triton's per-process set-up on a background thread (:func:`decodekit.fast.kernels.warm_up`);
+starts Triton's per-process set-up on a background thread (:func:`decodekit.fast.launch.warm_up`);
 the load's own time is printed too, so load + first call is the whole wait (``--no-warm-up``:
 the first call does Triton's set-up itself). ``decodekit.load(model_object)`` starts it only once
 the model is built. Point
@@ -29,7 +29,7 @@ import bench_gpu as B  # noqa: E402
 from probe_syncs import SMOL  # noqa: E402
 
 import decodekit  # noqa: E402
-from decodekit.fast import kernels as K  # noqa: E402
+from decodekit.fast import launch as L  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     torch.cuda.init()
     t0 = time.perf_counter()
     if not args.no_warm_up:  # what decodekit.load(<model file>, device="cuda") does before reading weights
-        K.warm_up()
+        L.warm_up()
     lm = decodekit.load(B.random_model("smol"), B.IdTokenizer())
     print(f"load (random weights, built on the GPU): {time.perf_counter() - t0:.2f} s", flush=True)
     prompt = [list(range(100, 140))]

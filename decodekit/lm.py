@@ -31,7 +31,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from decodekit.cpu_head import PlainHead
 from decodekit.fast import FastCache, FastPath, unsupported_reason
-from decodekit.fast.kernels import warm_up
+from decodekit.fast.launch import warm_up
 from decodekit.models import load_model
 from decodekit.transfer import to_device
 

@@ -8,7 +8,8 @@ of up to ``max_graph_tokens`` new tokens replay a graph captured per batch-size 
 Files: ``attention`` (4-D bias, positions, the transformers Cache adapter), ``slab`` (preallocated
 K/V per bucket, static inputs, capture and replay), ``cache`` (the handle a decode holds),
 ``path`` (the per-model pool and options), ``fused`` (the fused Llama-family step), ``kernels``
-(its Triton kernels), ``gemv`` (GEMV kernels with the norm / activation / residual inside),
+(its Triton kernels), ``launch`` (how they are launched: compile-only, warm-up, programmatic
+dependent launch), ``gemv`` (GEMV kernels with the norm / activation / residual inside),
 ``step_graph`` (whole loop steps from graphs, following a strategy's plan), ``token_step`` (a
 single-token step's bookkeeping in one kernel), ``pick`` (greedy's token and its log-prob in one
 kernel), ``lookup_step`` (prompt lookup's step tail in one kernel), ``row_copy`` (beam search's

@@ -23,7 +23,7 @@ about 14 kernels per layer, reading the model's own weights:
   q/k/v, rotary + cache write + attention, output projection + residual, norm + gate/up, activation
   + down + residual; with ``GEMV_HEAD`` (off by default: slower than cuBLAS) the output head takes the
   final norm too (:func:`~decodekit.fast.gemv.head_fits`). On Hopper and later the GEMV kernels and
-  rotary + attention use programmatic dependent launch (:func:`~decodekit.fast.kernels.pdl_meta`):
+  rotary + attention use programmatic dependent launch (:func:`~decodekit.fast.launch.pdl_meta`):
   each starts loading its weights (or cache block) while the kernel before finishes, ~18 % off a
   SmolLM2 decode step on an H200. The GEMV kernels compute each row alone
   (a row's result does not depend on the rows beside it); wider steps run cuBLAS, which rounds
@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 from decodekit.fast.attention import attention_bias, positions
 
 __all__ = ["FusedLlama", "fused_reason"]
@@ -124,7 +125,7 @@ def kernels_reason(model, interpret: bool = False) -> str | None:
     By default they run on CUDA only; ``interpret=True`` also accepts Triton's CPU interpreter
     (``TRITON_INTERPRET=1``: slow, for tests).
     """
-    reason = K.kernel_reason(next(model.parameters()).device, interpret)
+    reason = L.kernel_reason(next(model.parameters()).device, interpret)
     if reason is not None:
         return reason
     act = getattr(model.config, "hidden_act", None)

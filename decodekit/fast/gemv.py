@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.kernels import _pow2, _tickets_for, gdc_launch_dependents, gdc_wait, launch, pdl_meta, triton
+from decodekit.fast.launch import _pow2, _tickets_for, gdc_launch_dependents, gdc_wait, launch, pdl_meta, triton
 
 if triton is not None:
     import triton.language as tl

@@ -19,8 +19,8 @@ transformers' building blocks spend several kernels where one does:
 * the GEMV kernels with RMSNorm, SiLU-and-mul and the residual inside live in
   :mod:`decodekit.fast.gemv`.
 
-Programmatic dependent launch (Hopper and later, :func:`pdl_meta`; ``DECODEKIT_PDL=0`` turns it
-off): ``rope_attend`` and the GEMV kernels are launched so that their programs may start while the
+Programmatic dependent launch (Hopper and later, :func:`~decodekit.fast.launch.pdl_meta`;
+``DECODEKIT_PDL=0`` turns it off): ``rope_attend`` and the GEMV kernels are launched so that their programs may start while the
 kernel before them finishes. What they load before ``griddepcontrol.wait`` is only what no kernel of
 the step writes (weights; for ``rope_attend`` its block of the cache, the mask and the columns,
 which the projection before it does not touch); they signal their own dependents only after the
@@ -28,174 +28,35 @@ wait, so an early start overlaps one kernel, never two. Bit for bit the plain la
 
 Each computes in fp32 and rounds once to the output dtype, so results agree with transformers'
 bf16 building blocks to bf16 rounding and exactly (to fp32 rounding) in fp32. They run on CUDA, or
-on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, the tests). :func:`kernel_reason`
-says why they cannot run.
+on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, the tests).
+:func:`decodekit.fast.launch.kernel_reason` says why they cannot run; every launch goes through
+:func:`decodekit.fast.launch.launch`.
 
 Example:
     >>> from decodekit.fast import kernels
-    >>> kernels.kernel_reason(torch.device("cpu"))          # doctest: +SKIP
-    'Triton kernels need CUDA (or TRITON_INTERPRET=1 and kernels=True)'
+    >>> kernels.silu_mul(gate_up).shape                     # [N, 2 * ff] -> [N, ff]  # doctest: +SKIP
+    torch.Size([3, 1536])
     >>> lm.fast.kernels                                     # on CUDA with Triton  # doctest: +SKIP
     True
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import warnings
-from contextvars import ContextVar
-
 import torch
 
-try:
-    import triton
+from decodekit.fast.launch import _pow2, _tickets_for, gdc_launch_dependents, gdc_wait, launch, pdl_meta, triton
+
+if triton is not None:
     import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # pragma: no cover - Triton before 3.3
-    gdc_launch_dependents = gdc_wait = None
 
-__all__ = ["kernel_reason", "launch", "warm_up", "wait_for_warm_up", "rms_norm", "rope_write", "attend",
-           "rope_attend", "attend_fits", "silu_mul"]
+__all__ = ["rms_norm", "rope_write", "attend", "rope_attend", "attend_fits", "silu_mul"]
 
-# programmatic dependent launch (Hopper and later): a kernel's programs may start while the kernel
-# before it finishes and load what no kernel writes (weights) before they wait for it
-PDL = os.environ.get("DECODEKIT_PDL", "1") != "0"
 ATTEND_MAX_COLUMNS = 4096  # longer caches use SDPA (see attend_fits)
 MAX_SPLITS = 64  # column blocks per (token, kv head): partials of at most 64 x GP x head_dim floats
 COMBINE_ELEMENTS = 16384  # partial outputs (blocks x GP x head_dim floats) the combine loads at once
 
 
-def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
-    """Why decodekit's Triton kernels cannot run on ``device``, or None when they can.
-
-    With ``interpret``, a CPU device is fine when Triton's interpreter is on (``TRITON_INTERPRET=1``
-    before Triton is imported; slow, for tests).
-    """
-    if triton is None:
-        return "Triton is not installed"
-    if device.type != "cuda" and not (interpret and os.environ.get("TRITON_INTERPRET") == "1"):
-        return "Triton kernels need CUDA (or TRITON_INTERPRET=1 and kernels=True)"
-    return None
-
-
-# set by decodekit.fast.precompile: launches in this context compile their kernel and run nothing
-# (a context variable: other threads' decodes keep launching)
-COMPILE_ONLY: ContextVar[bool] = ContextVar("decodekit_compile_only", default=False)
-
-
-_pdl_launched = False  # a launch with programmatic dependent launch has succeeded in this process
-
-
-def launch(kernel, grid: tuple[int, ...], *args, **meta) -> None:
-    """``kernel[grid](*args, **meta)``; while :data:`COMPILE_ONLY` (:mod:`decodekit.fast.precompile`),
-    only the compile of the kernel that this call would launch (Triton's ``warmup``), which an active
-    ``triton.AsyncCompileMode`` sends to its thread pool. Waits for :func:`warm_up`'s thread first.
-
-    Should the process's first launch with programmatic dependent launch (``launch_pdl``) fail -- a
-    driver or a Triton without it -- :data:`PDL` is turned off with a warning and the kernel is
-    launched without it; later failures are raised as they are."""
-    global PDL, _pdl_launched
-    wait_for_warm_up()
-    if COMPILE_ONLY.get():
-        kernel.warmup(*args, grid=grid, **meta)
-        return
-    if not meta.get("launch_pdl") or _pdl_launched:
-        kernel[grid](*args, **meta)
-        return
-    try:
-        kernel[grid](*args, **meta)
-    except Exception as exc:  # noqa: BLE001 - retried below without PDL; raised again if that fails too
-        PDL = False
-        warnings.warn(f"decodekit.fast: a launch with programmatic dependent launch failed ({exc}); "
-                      "launching without it from now on (DECODEKIT_PDL=0 skips the attempt)", RuntimeWarning,
-                      stacklevel=2)
-        meta = {k: v for k, v in meta.items() if k != "launch_pdl"}
-        kernel[grid](*args, **dict(meta, PDL=False))
-    else:
-        _pdl_launched = True
-
-
-_hopper: dict[int, bool] = {}  # CUDA device index -> compute capability >= 9.0
-
-
-def pdl_supported(device: torch.device) -> bool:
-    """Whether kernels on ``device`` can use programmatic dependent launch: :data:`PDL` on, a CUDA
-    device of compute capability 9.0 or later (not Triton's interpreter), a Triton that has it."""
-    if not (PDL and gdc_wait is not None and device.type == "cuda" and torch.cuda.is_available()
-            and os.environ.get("TRITON_INTERPRET") != "1"):
-        return False
-    index = torch.cuda.current_device() if device.index is None else device.index
-    if index not in _hopper:
-        _hopper[index] = torch.cuda.get_device_capability(index)[0] >= 9
-    return _hopper[index]
-
-
-def pdl_meta(device: torch.device, pdl: bool | None = None) -> dict:
-    """Launch keywords of a kernel with a ``PDL`` constexpr: on where ``pdl`` (default:
-    :func:`pdl_supported`) says so, then with Triton's ``launch_pdl``."""
-    on = pdl_supported(device) if pdl is None else bool(pdl)
-    return dict(PDL=True, launch_pdl=True) if on else dict(PDL=False)
-
-
-_warming: threading.Thread | None = None
-
-
-def warm_up() -> None:
-    """Start Triton's one-time set-up of this process on a background thread: its CUDA driver
-    utilities (a C module it builds on a machine's first use), the hash of its own sources that
-    keys every compile, and one tiny kernel's compile, launcher build and load (the compiler
-    chain's first use) -- about a second, otherwise paid by the first call's kernel compiles.
-    :func:`decodekit.load` starts it for a CUDA model, so that it overlaps with loading the weights;
-    :func:`launch` joins it before decodekit first uses Triton.
-
-    Example:
-        >>> from decodekit.fast import kernels
-        >>> kernels.warm_up()              # returns at once; idempotent   # doctest: +SKIP
-        >>> kernels.wait_for_warm_up()     # every launch does this first  # doctest: +SKIP
-    """
-    global _warming
-    if triton is None or _warming is not None:
-        return
-    _warming = threading.Thread(target=_warm, name="decodekit-triton-warm-up", daemon=True)
-    _warming.start()
-
-
-def _warm() -> None:
-    try:
-        from triton.runtime.cache import triton_key
-
-        triton.runtime.driver.active  # noqa: B018 - builds and loads the driver's utilities
-        triton_key()
-        # one tiny kernel through the whole chain (front end, LLVM, ptxas, the launcher's C
-        # compiler run, loading the binary): their first use in a process costs most
-        x = torch.empty(16, dtype=torch.float32, device="cuda")
-        kernel = _warm_kernel.warmup(x, grid=(1,), BLOCK=16)
-        torch.cuda.set_device(x.device)
-        kernel._init_handles()
-    except Exception:  # noqa: BLE001 - only a head start: the first compile does it again and reports
-        pass
-
-
-def wait_for_warm_up() -> None:
-    """Wait for :func:`warm_up`'s thread while it runs (it must not race the first compile); every
-    :func:`launch` calls it."""
-    if _warming is not None and _warming.is_alive():
-        _warming.join()
-
-
-def _pow2(n: int) -> int:
-    return triton.next_power_of_2(n)
-
-
 if triton is not None:
-
-    @triton.jit
-    def _warm_kernel(x, BLOCK: tl.constexpr):  # compiled by warm_up only
-        tl.store(x + tl.arange(0, BLOCK), tl.zeros([BLOCK], tl.float32))
 
     @triton.jit
     def _rms_norm_kernel(x, w, out, D, eps, s_x, s_out, BLOCK: tl.constexpr):
@@ -409,18 +270,6 @@ def attend_fits(tokens: int, columns: int) -> bool:
     """Whether :func:`attend` suits ``tokens`` new tokens (rows x step width) over ``columns`` columns;
     larger ones (prefill, long caches, big batches) go to SDPA: the partials would grow too large."""
     return tokens <= 64 and columns <= ATTEND_MAX_COLUMNS
-
-
-_tickets: dict[torch.device, torch.Tensor] = {}
-
-
-def _tickets_for(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 counters for the last-block combine; each launch leaves them zero again. Made
-    by the eager warm-up that precedes every capture, so a captured graph only reuses them."""
-    t = _tickets.get(device)
-    if t is None or t.numel() < n:
-        t = _tickets[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-    return t
 
 
 def attend(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.kernels import launch, triton
+from decodekit.fast.launch import launch, triton
 from decodekit.state import FINISH_CODES, DecodeState
 
 if triton is not None:

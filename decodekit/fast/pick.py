@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 
-if K.triton is not None:
+if L.triton is not None:
     import triton.language as tl
 
 __all__ = ["greedy_pick", "pick_fits"]
@@ -30,9 +30,9 @@ GREEDY_PICK = True  # greedy steps on CUDA use greedy_pick (False: torch's argma
 BLOCK = 4096  # vocabulary entries a program
 
 
-if K.triton is not None:
+if L.triton is not None:
 
-    @K.triton.jit
+    @L.triton.jit
     def _pick_combine(part_m, part_i, part_s, tokens, logprobs, r, P, BP: tl.constexpr):
         """Combine row ``r``'s ``P`` block partials: the first index of the largest value, max - lse."""
         p = tl.arange(0, BP)
@@ -48,7 +48,7 @@ if K.triton is not None:
         tl.store(tokens + r, first.to(tl.int64))
         tl.store(logprobs + r, -tl.log(total))  # x[token] - (top + log(total)), x[token] == top
 
-    @K.triton.jit(do_not_specialize=["V", "P", "s_row"])
+    @L.triton.jit(do_not_specialize=["V", "P", "s_row"])
     def _pick_kernel(logits, part_m, part_i, part_s, tokens, logprobs, tickets, V, P, s_row,
                      BLOCK: tl.constexpr, BP: tl.constexpr, LAST_COMBINES: tl.constexpr):
         r = tl.program_id(0)
@@ -68,7 +68,7 @@ if K.triton is not None:
                 _pick_combine(part_m, part_i, part_s, tokens, logprobs, r, P, BP)
                 tl.atomic_xchg(tickets + r, 0, sem="relaxed", scope="gpu")  # reset for the next launch
 
-    @K.triton.jit(do_not_specialize=["P"])
+    @L.triton.jit(do_not_specialize=["P"])
     def _pick_reduce_kernel(part_m, part_i, part_s, tokens, logprobs, P, BP: tl.constexpr):
         _pick_combine(part_m, part_i, part_s, tokens, logprobs, tl.program_id(0), P, BP)
 
@@ -76,7 +76,7 @@ if K.triton is not None:
 def pick_fits(logits: torch.Tensor) -> bool:
     """Whether greedy steps over ``logits [rows, vocab]`` use :func:`greedy_pick`: on CUDA with
     Triton, float32, contiguous rows, where :data:`GREEDY_PICK` is on."""
-    return (GREEDY_PICK and K.kernel_reason(logits.device) is None and logits.dim() == 2
+    return (GREEDY_PICK and L.kernel_reason(logits.device) is None and logits.dim() == 2
             and logits.dtype == torch.float32 and logits.stride(-1) == 1)
 
 
@@ -91,8 +91,8 @@ def greedy_pick(logits: torch.Tensor, *, last_combines: bool | None = None
         raise ValueError(f"decodekit.fast: greedy_pick takes [rows, vocab] logits with a contiguous last dim, "
                          f"got {tuple(logits.shape)} strides {logits.stride()}")
     rows, V = logits.shape
-    P = K.triton.cdiv(V, BLOCK)
-    bp = K._pow2(P)
+    P = L.triton.cdiv(V, BLOCK)
+    bp = L._pow2(P)
     if last_combines is None:
         last_combines = logits.device.type == "cuda"
     dev = logits.device
@@ -101,9 +101,9 @@ def greedy_pick(logits: torch.Tensor, *, last_combines: bool | None = None
     part_i = torch.empty(rows, bp, dtype=torch.int32, device=dev)
     tokens = torch.empty(rows, dtype=torch.long, device=dev)
     logprobs = torch.empty(rows, 1, dtype=torch.float32, device=dev)
-    tickets = K._tickets_for(dev, rows) if last_combines else part_i
-    K.launch(_pick_kernel, (rows, P), logits, part_m, part_i, part_s, tokens, logprobs, tickets, V, P,
+    tickets = L._tickets_for(dev, rows) if last_combines else part_i
+    L.launch(_pick_kernel, (rows, P), logits, part_m, part_i, part_s, tokens, logprobs, tickets, V, P,
              logits.stride(0), BLOCK=BLOCK, BP=bp, LAST_COMBINES=last_combines, num_warps=8)
     if not last_combines:
-        K.launch(_pick_reduce_kernel, (rows,), part_m, part_i, part_s, tokens, logprobs, P, BP=bp, num_warps=1)
+        L.launch(_pick_reduce_kernel, (rows,), part_m, part_i, part_s, tokens, logprobs, P, BP=bp, num_warps=1)
     return tokens, logprobs

@@ -7,7 +7,7 @@ attention kernels, then the decode step's GEMV kernels), a few tenths of a secon
 kernel's first launch then builds its C launcher (a C compiler run) and loads its binary. On a new
 slab (:class:`~decodekit.fast.slab.Slab`) :func:`precompile` runs the fused forward once per
 width with every Triton launch replaced by its compile only
-(:data:`decodekit.fast.kernels.COMPILE_ONLY`) inside ``triton.AsyncCompileMode``, which sends the
+(:data:`decodekit.fast.launch.COMPILE_ONLY`) inside ``triton.AsyncCompileMode``, which sends the
 compiles to forked children (:mod:`decodekit.fast.forked_compiles`: a thread pool barely overlaps
 them) and collects them on a thread pool, then builds the launchers and loads the binaries on the
 same pool; the forwards that follow find the kernels ready. The dry forwards leave the slab as it
@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 from decodekit.fast import token_step as TS
 from decodekit.fast.attention import SlabView
 from decodekit.fast.forked_compiles import ForkedCompiles, fork_allowed
@@ -59,9 +59,9 @@ def precompile(path, slab, widths: list[int]) -> float:
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="decodekit-compile") as pool:
-            compiling = ForkedCompiles(pool) if fork_allowed() else K.triton.AsyncCompileMode(pool)
+            compiling = ForkedCompiles(pool) if fork_allowed() else L.triton.AsyncCompileMode(pool)
             with compiling:  # on leaving, every compile has finished
-                dry = K.COMPILE_ONLY.set(True)
+                dry = L.COMPILE_ONLY.set(True)
                 try:
                     for T in dict.fromkeys(widths):  # in order, once each
                         T = min(T, slab.capacity)
@@ -74,7 +74,7 @@ def precompile(path, slab, widths: list[int]) -> float:
                         if T == 1 and path.step_graphs:  # ... and its bookkeeping (EOS: the model's own)
                             TS.compile_finish_step(slab.rows, slab.rows, path.eos_count, path.device)
                 finally:
-                    K.COMPILE_ONLY.reset(dry)
+                    L.COMPILE_ONLY.reset(dry)
             # a compiled kernel's first launch still builds its C launcher (a compiler run) and loads
             # its binary: as long as the compiles together, so these run on the pool too
             done = [f.kernel for f in compiling.future_kernels.values() if f.kernel is not None]

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 
-if K.triton is not None:
+if L.triton is not None:
     import triton.language as tl
 
 __all__ = ["pointer_table", "copy_moved_rows"]
@@ -38,10 +38,10 @@ ALIGN = 16  # bytes: the tensors' addresses are multiples of it (vectorised load
 
 _ELEMENT: dict = {}  # torch dtype -> Triton element type of the pointers the kernel casts to
 
-if K.triton is not None:
+if L.triton is not None:
     _ELEMENT.update({torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32})
 
-    @K.triton.jit(do_not_specialize=["n"])
+    @L.triton.jit(do_not_specialize=["n"])
     def _copy_rows_kernel(table, index, end, n, C, s_row, s_head,
                           H: tl.constexpr, HP: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
                           BLOCK_C: tl.constexpr, SPLITS: tl.constexpr, DTYPE: tl.constexpr):
@@ -107,9 +107,9 @@ def _blocks(C: int, heads: int, head_dim: int, block_c: int | None, splits: int 
     """(BLOCK_C, SPLITS): a program copies ``heads x BLOCK_C x head_dim`` (about :data:`TILE` elements,
     padded to powers of two) per step, every ``SPLITS``-th column block."""
     if block_c is None:
-        block_c = max(1, min(K._pow2(C), TILE // (K._pow2(heads) * K._pow2(head_dim))))
+        block_c = max(1, min(L._pow2(C), TILE // (L._pow2(heads) * L._pow2(head_dim))))
     if splits is None:
-        splits = min(K.triton.cdiv(C, block_c), MAX_SPLITS)
+        splits = min(L.triton.cdiv(C, block_c), MAX_SPLITS)
     return block_c, splits
 
 
@@ -149,6 +149,6 @@ def copy_moved_rows(table: torch.Tensor, like: torch.Tensor, index: torch.Tensor
     if n == 0 or table.shape[0] == 0:
         return
     block_c, splits = _blocks(C, heads, head_dim, block_c, splits)
-    K.launch(_copy_rows_kernel, (table.shape[0] * n, splits), table, index, end, n, C, heads * C * head_dim,
-             C * head_dim, H=heads, HP=K._pow2(heads), HD=head_dim, HDP=K._pow2(head_dim), BLOCK_C=block_c,
+    L.launch(_copy_rows_kernel, (table.shape[0] * n, splits), table, index, end, n, C, heads * C * head_dim,
+             C * head_dim, H=heads, HP=L._pow2(heads), HD=head_dim, HDP=L._pow2(head_dim), BLOCK_C=block_c,
              SPLITS=splits, DTYPE=_ELEMENT[like.dtype], num_warps=4)

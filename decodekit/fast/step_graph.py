@@ -49,7 +49,7 @@ from typing import Protocol
 import torch
 
 from decodekit.fast.cache import FastCache
-from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.launch import kernel_reason
 from decodekit.fast.token_step import finish_step
 from decodekit.state import DecodeState
 from decodekit.transfer import to_device

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.kernels import kernel_reason, launch, triton
+from decodekit.fast.launch import kernel_reason, launch, triton
 from decodekit.state import FINISH_CODES, DecodeState, StepOutput
 
 if triton is not None:
@@ -107,7 +107,7 @@ def finish_step(
 
 def compile_finish_step(rows: int, buckets: int, n_eos: int, device: torch.device) -> None:
     """Launch :func:`finish_step`'s kernel for ``rows`` rows of a ``buckets``-row slab and ``n_eos``
-    EOS ids on dummy tensors of the real dtypes: under :data:`~decodekit.fast.kernels.COMPILE_ONLY`
+    EOS ids on dummy tensors of the real dtypes: under :data:`~decodekit.fast.launch.COMPILE_ONLY`
     (:mod:`decodekit.fast.precompile`) that compiles the kernel a greedy or sampling step will run."""
     long = dict(dtype=torch.long, device=device)
     tokens, count = torch.zeros(rows, 1, **long), torch.ones(rows, **long)

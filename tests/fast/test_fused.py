@@ -22,7 +22,7 @@ from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
 from decodekit.fast.attention import SlabView
 from decodekit.fast.fused import FusedLlama, fused_reason
-from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.launch import kernel_reason
 from decodekit.fast.path import _step
 from tests.toy import ByteTokenizer, tiny_model
 

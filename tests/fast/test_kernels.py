@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_reason = K.kernel_reason(DEVICE, interpret=True)
+_reason = L.kernel_reason(DEVICE, interpret=True)
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"decodekit's Triton kernels: {_reason}")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
@@ -93,7 +94,7 @@ def test_rope_write_and_attend(dtype, rows, T, h, kv, hd, C, at, last_combines):
     mask[:, at + T:] = 0  # columns not written yet
     o = K.attend(q, c["keys"], c["values"], mask, write, hd ** -0.5, last_combines=last_combines)  # [N, h, hd]
     if last_combines:
-        assert not K._tickets[q.device].any()  # every ticket counter is left at zero for the next launch
+        assert not L._tickets[q.device].any()  # every ticket counter is left at zero for the next launch
     cols = torch.arange(C, device=DEVICE)
     allowed = (mask[:rows, None, :] > 0) & (cols[None, None, :] <= write[None, :, None])  # [rows, T, C]
     qq = q.float().view(rows, T, h, hd).transpose(1, 2)  # [rows, h, T, hd]
@@ -129,7 +130,7 @@ def test_rope_attend_equals_rope_write_then_attend(dtype, rows, h, kv, hd, C, wr
     got = K.rope_attend(c["qkv"], c["cos"], c["sin"], write, c["keys"], c["values"], mask, h, kv, hd,
                         hd ** -0.5, last_combines=last_combines)
     if last_combines:
-        assert not K._tickets[got.device].any()
+        assert not L._tickets[got.device].any()
     assert torch.equal(c["keys"], keys) and torch.equal(c["values"], values)  # the same cache
     if DEVICE.type == "cuda":  # compiled separately: the compiler may contract the rotation differently
         assert _rel(got, want) < TOL[dtype]
@@ -296,7 +297,7 @@ def test_gemv_split_k_is_reproducible(split_k):
     normed = G.norm_linear(act, norm_w, EPS, w, block_o=4, block_k=32, split_k=split_k)  # [N, d]
     assert _rel(normed, F.linear(_norm_ref(act, norm_w), w)) < TOL[torch.float32]
     if split_k > 1:
-        assert not K._tickets[x.device].any()  # reset for the next launch
+        assert not L._tickets[x.device].any()  # reset for the next launch
 
 
 def test_gemv_default_blocks():
@@ -315,11 +316,11 @@ def test_gemv_default_blocks():
 def test_pdl_meta():
     """Programmatic dependent launch only where the device has it (CUDA, compute capability >= 9.0),
     never under the interpreter; forced on, Triton's launch keyword comes with it."""
-    assert K.pdl_meta(torch.device("cpu")) == {"PDL": False}
-    assert K.pdl_meta(torch.device("cpu"), True) == {"PDL": True, "launch_pdl": True}
-    assert K.pdl_meta(DEVICE, False) == {"PDL": False}
-    on = DEVICE.type == "cuda" and torch.cuda.get_device_capability(DEVICE)[0] >= 9 and K.gdc_wait is not None
-    assert K.pdl_supported(DEVICE) == (on and K.PDL)
+    assert L.pdl_meta(torch.device("cpu")) == {"PDL": False}
+    assert L.pdl_meta(torch.device("cpu"), True) == {"PDL": True, "launch_pdl": True}
+    assert L.pdl_meta(DEVICE, False) == {"PDL": False}
+    on = DEVICE.type == "cuda" and torch.cuda.get_device_capability(DEVICE)[0] >= 9 and L.gdc_wait is not None
+    assert L.pdl_supported(DEVICE) == (on and L.PDL)
 
 
 def _layer_chain(x, layers, cos, sin, write, mask, h, kv, hd):
@@ -335,7 +336,7 @@ def _layer_chain(x, layers, cos, sin, write, mask, h, kv, hd):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (DEVICE.type == "cuda" and K.pdl_supported(DEVICE)), reason="needs a GPU with PDL")
+@pytest.mark.skipif(not (DEVICE.type == "cuda" and L.pdl_supported(DEVICE)), reason="needs a GPU with PDL")
 @pytest.mark.parametrize("rows", [1, 4])
 def test_pdl_chain_equals_plain_launches(rows, monkeypatch):
     """A chain of dependent kernels launched with programmatic dependent launch -- eagerly and
@@ -354,7 +355,7 @@ def test_pdl_chain_equals_plain_launches(rows, monkeypatch):
     caches0 = [(w["keys"].clone(), w["values"].clone()) for w in layers]
 
     def run(pdl: bool, graph: bool):
-        monkeypatch.setattr(K, "PDL", pdl)
+        monkeypatch.setattr(L, "PDL", pdl)
         for w, (k0, v0) in zip(layers, caches0):
             w["keys"].copy_(k0), w["values"].copy_(v0)
         x = x0.clone()
@@ -393,18 +394,18 @@ class _FakeKernel:
 def test_launch_falls_back_once_when_pdl_cannot_launch(monkeypatch):
     """A first launch with PDL that fails turns PDL off (warning) and launches the plain kernel; once a
     PDL launch has succeeded, failures are the kernel's own and are raised."""
-    monkeypatch.setattr(K, "PDL", True)
-    monkeypatch.setattr(K, "_pdl_launched", False)
+    monkeypatch.setattr(L, "PDL", True)
+    monkeypatch.setattr(L, "_pdl_launched", False)
     kernel = _FakeKernel(pdl_fails=True)
     with pytest.warns(RuntimeWarning, match="programmatic dependent launch failed"):
-        K.launch(kernel, (1,), 0, PDL=True, launch_pdl=True, num_warps=4)
+        L.launch(kernel, (1,), 0, PDL=True, launch_pdl=True, num_warps=4)
     assert kernel.launches == [dict(PDL=True, launch_pdl=True, num_warps=4), dict(PDL=False, num_warps=4)]
-    assert K.PDL is False and K.pdl_meta(DEVICE) == {"PDL": False}
+    assert L.PDL is False and L.pdl_meta(DEVICE) == {"PDL": False}
 
-    monkeypatch.setattr(K, "PDL", True)
+    monkeypatch.setattr(L, "PDL", True)
     ok = _FakeKernel(pdl_fails=False)
-    K.launch(ok, (1,), 0, PDL=True, launch_pdl=True)
-    assert K._pdl_launched and len(ok.launches) == 1
+    L.launch(ok, (1,), 0, PDL=True, launch_pdl=True)
+    assert L._pdl_launched and len(ok.launches) == 1
     with pytest.raises(RuntimeError, match="not supported"):  # after a success: not PDL's fault, raised
-        K.launch(_FakeKernel(pdl_fails=True), (1,), 0, PDL=True, launch_pdl=True)
-    assert K.PDL is True
+        L.launch(_FakeKernel(pdl_fails=True), (1,), 0, PDL=True, launch_pdl=True)
+    assert L.PDL is True

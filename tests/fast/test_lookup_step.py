@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import decodekit.strategies.speculative.graph_plan as GP
-from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.launch import kernel_reason
 from decodekit.state import FINISH_CODES, DecodeState
 from decodekit.stopping import Stopping
 from decodekit.strategies.speculative.prompt_lookup import PromptLookupProposer

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 from decodekit.fast import pick as P
 from decodekit.fast.pick import greedy_pick
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_reason = K.kernel_reason(DEVICE, interpret=True)
+_reason = L.kernel_reason(DEVICE, interpret=True)
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"decodekit's Triton kernels: {_reason}")
 
 
@@ -33,7 +33,7 @@ def test_greedy_pick_equals_torch(rows, V, block, last_combines, monkeypatch):
     assert torch.equal(tokens, want_t)
     torch.testing.assert_close(logprobs, want_lp, rtol=1e-5, atol=1e-5)
     if last_combines:
-        assert not K._tickets[logits.device].any()  # every ticket left at zero for the next launch
+        assert not L._tickets[logits.device].any()  # every ticket left at zero for the next launch
 
 
 @pytest.mark.parametrize("last_combines", [False, True], ids=["two-kernels", "last-block-combines"])

@@ -16,6 +16,7 @@ import decodekit.fast.precompile as P
 from decodekit.fast import FastPath
 from decodekit.fast import gemv as G
 from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 from decodekit.fast import pick as PK
 from decodekit.fast import slab as SL
 from decodekit.fast import token_step as TS
@@ -94,7 +95,7 @@ def test_tokens_equal_without_precompile(lm, monkeypatch):
 def test_warm_up_compiles_and_loads_a_kernel():
     """decodekit.load's background warm-up takes the whole compile chain once (it swallows errors:
     this checks it did the work)."""
-    K.warm_up()
-    K.wait_for_warm_up()
-    compiled = [k for c in K._warm_kernel.device_caches.values() for k in c[0].values()]
+    L.warm_up()
+    L.wait_for_warm_up()
+    compiled = [k for c in L._warm_kernel.device_caches.values() for k in c[0].values()]
     assert compiled and all(getattr(k, "function", None) is not None for k in compiled)  # loaded

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from decodekit.fast import kernels as K
+from decodekit.fast import launch as L
 from decodekit.fast import row_copy as R
 from decodekit.fast.row_copy import copy_moved_rows, pointer_table
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_reason = K.kernel_reason(DEVICE, interpret=True)
+_reason = L.kernel_reason(DEVICE, interpret=True)
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"decodekit's Triton kernels: {_reason}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.launch import kernel_reason
 from decodekit.fast.token_step import finish_step
 from decodekit.state import DecodeState, StepOutput
 from decodekit.stopping import Stopping

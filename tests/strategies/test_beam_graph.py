@@ -17,7 +17,7 @@ import torch
 import decodekit
 import decodekit.lag
 from decodekit.fast import FastPath
-from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.launch import kernel_reason
 from decodekit.strategies.beam_core import assign_rows
 from tests.strategies.test_beam import eos_lm
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.kernels import kernel_reason
+from decodekit.fast.launch import kernel_reason
 from decodekit.fast.lookup_step import lookup_step
 from decodekit.state import DecodeState
 from decodekit.strategies.speculative.proposer import DraftContext
