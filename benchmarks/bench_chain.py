@@ -7,10 +7,12 @@ attention would write its output: attention itself is left out), RMSNorm + gate/
 Variants, each one graph replayed ``--replays`` times (CUDA events, the median):
 
 * ``cublas``: :func:`decodekit.fast.kernels.rms_norm` / ``silu_mul`` and cuBLAS (``F.linear``,
-  ``addmm_``), as the fused step runs models whose weights exceed ``GEMV_MAX_ELEMENTS``;
-* ``gemv``: :mod:`decodekit.fast.gemv`'s kernels (4 a layer), ``pdl=False``;
+  ``addmm_``), as the fused step runs where ``gemv_fits`` says no (or ``GEMV = False``);
+* ``gemv``: :mod:`decodekit.fast.gemv`'s kernels (4 a layer) with their default launches, ``pdl=False``;
 * ``gemv+pdl``: the same with programmatic dependent launch (each kernel's programs load their
-  first weight tile while the kernel before finishes).
+  first weight tile while the kernel before finishes);
+* with ``--blocks-json`` (``bench_gemv.py --sweep --best-json``): ``tuned`` and ``tuned+pdl``, the
+  GEMV kernels with the sweep's best launch per projection.
 
 Printed: microseconds per layer, the GB/s this makes of the weights' bytes, the ratio to the
 ``cublas`` chain, and the largest difference of the final residual from ``gemv`` (``gemv+pdl`` must
@@ -22,6 +24,7 @@ be 0: the same arithmetic). Needs CUDA::
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -36,9 +39,11 @@ from decodekit.fast import kernels as K  # noqa: E402
 from decodekit.fast import launch as L  # noqa: E402
 
 
-def chain(variant: str, x: torch.Tensor, layers: list[dict], hq: int) -> None:
-    """One pass over ``layers``, updating the residual ``x [N, d]`` in place."""
-    pdl = variant == "gemv+pdl"
+def chain(variant: str, x: torch.Tensor, layers: list[dict], hq: int, blocks: dict) -> None:
+    """One pass over ``layers``, updating the residual ``x [N, d]`` in place (``blocks``: projection ->
+    the GEMV kernels' launch keywords, for the ``tuned`` variants)."""
+    pdl = variant.endswith("+pdl")
+    b = blocks if variant.startswith("tuned") else {}
     for w in layers:
         if variant == "cublas":
             qkv = F.linear(K.rms_norm(x, w["g1"], EPS), w["qkv"])
@@ -46,10 +51,10 @@ def chain(variant: str, x: torch.Tensor, layers: list[dict], hq: int) -> None:
             gu = F.linear(K.rms_norm(x, w["g2"], EPS), w["gate_up"])
             x.addmm_(K.silu_mul(gu), w["down"].t())
         else:
-            qkv = G.norm_linear(x, w["g1"], EPS, w["qkv"], pdl=pdl)
-            G.linear_add_(x, qkv[:, :hq], w["o"], pdl=pdl)
-            gu = G.norm_linear(x, w["g2"], EPS, w["gate_up"], pdl=pdl)
-            G.act_linear_add_(x, gu, w["down"], pdl=pdl)
+            qkv = G.norm_linear(x, w["g1"], EPS, w["qkv"], pdl=pdl, **b.get("qkv", {}))
+            G.linear_add_(x, qkv[:, :hq], w["o"], pdl=pdl, **b.get("o", {}))
+            gu = G.norm_linear(x, w["g2"], EPS, w["gate_up"], pdl=pdl, **b.get("gate_up", {}))
+            G.act_linear_add_(x, gu, w["down"], pdl=pdl, **b.get("down", {}))
 
 
 def main() -> None:
@@ -60,6 +65,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1, help="tokens per call")
     p.add_argument("--replays", type=int, default=20, help="graph replays timed (the median is shown)")
     p.add_argument("--rounds", type=int, default=3, help="rounds over the variants, interleaved")
+    p.add_argument("--blocks-json", help="bench_gemv.py --best-json output: adds the variants tuned and "
+                   "tuned+pdl, the GEMV kernels with the best launch per projection for this shape and rows")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_chain.py needs CUDA")
@@ -77,17 +84,25 @@ def main() -> None:
     weight_bytes = sum(t.numel() * t.element_size() for w in layers for k, t in w.items() if k not in ("g1", "g2"))
     x0 = torch.randn(args.rows, d, device=dev, dtype=bf)
     variants = ["cublas", "gemv", "gemv+pdl"]
+    blocks = {}
+    if args.blocks_json:
+        for key, launch in json.loads(Path(args.blocks_json).read_text()).items():
+            shape, proj, rows = key.split()
+            if shape == args.shape and int(rows) == args.rows:
+                blocks[proj] = launch
+        print(f"tuned launches: {blocks}")
+        variants += ["tuned", "tuned+pdl"]
     finals, graphs, xs = {}, {}, {}
     for v in variants:
         xs[v] = x0.clone()
-        chain(v, xs[v], layers, h * hd)  # warm-up and compile
+        chain(v, xs[v], layers, h * hd, blocks)  # warm-up and compile
         xs[v].copy_(x0)
-        chain(v, xs[v], layers, h * hd)
+        chain(v, xs[v], layers, h * hd, blocks)
         finals[v] = xs[v].clone()
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            chain(v, xs[v], layers, h * hd)
+            chain(v, xs[v], layers, h * hd, blocks)
         graphs[v] = g
     times = {v: [] for v in variants}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -15,7 +15,8 @@ today; each path's max abs error is against an fp32 reference with the same roun
 ``--warps`` and ``--split`` (those that make a distinct launch: block_k up to the reduction's power
 of two, split_k up to its block count, rows x block_o x block_k up to ``--max-tile``) and prints the
 best per shape at the end, to tune the defaults (``kernels._gemv_launch``) and ``GEMV_MAX_ELEMENTS``.
-``--dry-run`` lists the swept launches without a GPU. Needs CUDA::
+``--late`` and ``--stages`` sweep the late sum and the pipeline depth; ``--best-json`` writes the best
+launches for ``bench_chain.py --blocks-json``. ``--dry-run`` lists the swept launches without a GPU. Needs CUDA::
 
     python benchmarks/bench_gemv.py
     python benchmarks/bench_gemv.py --shapes smollm2-135m --rows 1,4 --sweep
@@ -24,6 +25,7 @@ best per shape at the end, to tune the defaults (``kernels._gemv_launch``) and `
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -100,17 +102,20 @@ def sweep(args: argparse.Namespace, N: int, inp: int) -> list[dict]:
     full = 1 << (inp - 1).bit_length()
     bn = 1 << (N - 1).bit_length()
     ks = sorted({full if k == "full" else int(k) for k in args.block_k.split(",")})
-    return [dict(block_o=o, block_k=k, num_warps=w, split_k=sk)
+    return [dict(block_o=o, block_k=k, num_warps=w, split_k=sk, late=bool(late), num_stages=st)
             for o in ints(args.block_o) for k in ks if k <= full and bn * o * k <= args.max_tile
             for sk in ints(args.split) if sk == 1 or sk <= math.ceil(inp / k)
-            for w in ints(args.warps)]
+            for w in ints(args.warps)
+            for late in ints(args.late) if not late or k < inp  # late sums matter with several tiles
+            for st in ints(args.stages)]
 
 
 def tag(blocks: dict) -> str:
     """``block_o x block_k w num_warps s split_k``, or "default"."""
     if not blocks:
         return "default"
-    return f"{blocks['block_o']}x{blocks['block_k']}w{blocks['num_warps']}s{blocks['split_k']}"
+    return (f"{blocks['block_o']}x{blocks['block_k']}w{blocks['num_warps']}s{blocks['split_k']}"
+            f"{'L' if blocks.get('late') else ''}n{blocks.get('num_stages')}")
 
 
 def main() -> None:
@@ -127,7 +132,11 @@ def main() -> None:
     p.add_argument("--block-k", default="64,128,256,512,full", help="sweep: reduction block (full: all of it)")
     p.add_argument("--warps", default="1,2,4,8", help="sweep: num_warps")
     p.add_argument("--split", default="1,2,4", help="sweep: split_k (programs along the reduction)")
+    p.add_argument("--late", default="0", help="sweep: 0 (sum each tile), 1 (sum once at the end), or 0,1")
+    p.add_argument("--stages", default="3", help="sweep: num_stages (the loop's software pipeline depth)")
     p.add_argument("--max-tile", type=int, default=65536, help="sweep: at most rows x block_o x block_k")
+    p.add_argument("--best-json", help="sweep: write the best launch per (shape, projection, rows) here, for "
+                   "bench_chain.py --blocks-json")
     p.add_argument("--dry-run", action="store_true", help="list the swept launches per case; no GPU")
     args = p.parse_args()
     cases = [(name, proj, kernel, out, inp, N) for name in args.shapes.split(",")
@@ -152,18 +161,21 @@ def main() -> None:
     print(f"{'shape':13s} {'proj':7s} {'kernel':15s} {'N':>2s} {'out x in':>12s} {'fits':>4s} {'blocks':>14s} "
           f"{'torch us':>8s} {'triton us':>9s} {'ratio':>6s} {'err torch':>9s} {'err triton':>10s}")
     best = []  # (case, torch us, default us, best us, best tag)
+    best_blocks = {}  # "shape proj rows" -> the best launch's keyword arguments
     for name, proj, kernel, out, inp, N in cases:
         copies = 1 if args.hot else max(1, min(args.calls, math.ceil(COLD_BYTES / (2 * out * inp))))
         base, tri, ref, base_out, tri_out = case(kernel, N, out, inp, copies, dev)
         t_base = per_call_us(base, args.calls, args.replays)
         e_base = err(base_out, ref)
-        times = {}
+        times, launches = {}, {}
         for blocks in [{}] + (sweep(args, N, inp) if args.sweep else []):
+            launches[tag(blocks)] = blocks
             t_tri = times[tag(blocks)] = per_call_us(lambda i: tri(i, **blocks), args.calls, args.replays)
             print(f"{name:13s} {proj:7s} {kernel:15s} {N:2d} {f'{out}x{inp}':>12s} "
                   f"{'yes' if G.gemv_fits(N, out, inp) else 'no':>4s} {tag(blocks):>14s} {t_base:8.2f} "
                   f"{t_tri:9.2f} {t_tri / t_base:6.2f} {e_base:9.2e} {err(tri_out(**blocks), ref):10.2e}", flush=True)
         top = min(times, key=times.get)
+        best_blocks[f"{name} {proj} {N}"] = launches[top]
         best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, times["default"], times[top], top))
         del base, tri
         torch.cuda.empty_cache()
@@ -172,6 +184,8 @@ def main() -> None:
         for what, t_base, t_def, t_best, top in best:
             print(f"{what:55s} torch {t_base:6.2f} default {t_def:6.2f} best {t_best:6.2f} {top:>14s} "
                   f"ratio {t_best / t_base:5.2f}")
+        if args.best_json:
+            Path(args.best_json).write_text(json.dumps(best_blocks, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ about 14 kernels per layer, reading the model's own weights:
 * with Triton (CUDA; :mod:`decodekit.fast.kernels`): RMSNorm, rotary + cache write + attention over
   the static cache (one kernel for decode and verify steps; rotary + cache write, then SDPA, for
   prefill and long caches) and SiLU-and-mul as one kernel each -- ~8 kernels per layer in all;
-* for a few tokens (decode steps) times a small weight (:func:`~decodekit.fast.gemv.gemv_fits`):
+* for a few tokens times a small weight, or one token times a large one (decode steps;
+  :func:`~decodekit.fast.gemv.gemv_fits`):
   each RMSNorm inside the projection after it (``norm_linear``: q/k/v, gate/up) and SiLU-and-mul
   with the residual inside the down projection (``act_linear_add_``) -- 5 kernels per layer: norm +
   q/k/v, rotary + cache write + attention, output projection + residual, norm + gate/up, activation

@@ -1,19 +1,23 @@
-"""Triton GEMV kernels for decode steps of small models, with what surrounds the projection inside.
+"""Triton GEMV kernels for decode steps, with what surrounds the projection inside.
 
 A decode step of a small model is launch-bound (:mod:`decodekit.fast.kernels`): a cuBLAS GEMV of
 SmolLM2's sizes takes ~3.5-7 us on an H200 for well under a microsecond of memory traffic, and the
-RMSNorm before it or the SiLU-and-mul before the down projection is one more ~2 us kernel. Here:
+RMSNorm before it or the SiLU-and-mul before the down projection is one more ~2 us kernel. A large
+model's step is bandwidth-bound, yet those small kernels and cuBLAS's split-K reductions between
+its GEMVs still cost ~20 us a layer of an 8B model. Here:
 
 * ``norm_linear``: RMSNorm and the following projection in one kernel (q/k/v, gate/up);
 * ``act_linear_add_``: SiLU-and-mul, the down projection and the residual addition in one;
 * ``linear_add_``: the projection and the residual addition (the output projection, where
   :data:`GEMV_O_PROJ` says so).
 
-With ``rope_attend`` a decode step of a small model is 5 kernels per layer, not 8,
-each GEMV faster than cuBLAS's at one row (:data:`GEMV`; wider steps keep cuBLAS). No ``tl.dot``:
-each program owns a few output features, loads each weight tile once (contiguous along ``in``) and
-reduces it against every row in fp32; a long reduction may be split over programs, the last of
-which sums the partials in a fixed order (bitwise reproducible). Rounding as the kernels they
+With ``rope_attend`` a decode step is 5 kernels per layer, not 8, each GEMV faster than cuBLAS's
+at one row (:data:`GEMV`; :func:`gemv_fits` says where: a few rows of a small weight, one row of a
+large one; wider steps keep cuBLAS). No ``tl.dot``: each program owns a few output features, loads
+each weight tile once (contiguous along ``in``) and reduces it against every row in fp32 -- tile by
+tile, or for large weights element-wise over the whole reduction and summed once at the end; a
+long reduction may be split over programs, the last of which sums the partials in a fixed order
+(bitwise reproducible). Rounding as the kernels they
 replace: the activation rounded once to the weights' dtype, fp32 accumulation, one rounding of the
 output.
 
@@ -43,7 +47,13 @@ GEMV = True
 GEMV_FIT_ROWS = 4  # tokens per call (rows x step width) up to which gemv_fits chooses them
 GEMV_MAX_ROWS = 16  # the most tokens per call the kernels take: each program keeps [rows, block_o] sums
 GEMV_BLOCK_K = 2048  # the default reduction block's largest size (a whole reduction up to it)
-GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest weight they take; larger ones keep cuBLAS
+GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest "small" weight: up to GEMV_FIT_ROWS rows, small blocks
+# larger weights (Llama-3.1-8B's, and Llama-3.2-1B's gate/up and down) at one row: the large-weight
+# launch (LARGE_BLOCKS). Chained over an 8B layer's projections on an H200 (bench_chain.py) with
+# programmatic dependent launch: 116.6 us a layer against cuBLAS's 126.9 (RMSNorm / SiLU kernels
+# included); at 4 rows such weights keep cuBLAS (the kernels were 1.7-2.4x slower there)
+GEMV_LARGE = True
+LARGE_BLOCKS = dict(block_o=8, block_k=1024, late=True)  # the large-weight launch (bench_gemv.py --sweep)
 GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
 GEMV_HEAD = False  # the final norm and the output head as one norm_linear (slower than cuBLAS at one row)
 GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head it takes
@@ -83,13 +93,16 @@ if triton is not None:
     def _gemv_kernel(a, g, w, bias, out, part, tickets, N, OUT, eps, s_a, s_w, s_out,
                      K: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr, NORM: tl.constexpr,
                      ACT: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr,
-                     BO: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+                     BO: tl.constexpr, BK: tl.constexpr, LATE: tl.constexpr, PDL: tl.constexpr):
         """``out (+)= act(a) @ w.T (+ bias)`` for the rows of ``a``: no ``tl.dot``. Program (i, s) owns
         output features ``i * BO ..`` and reduction columns ``s * KS .. s * KS + KS - 1``; each weight
         tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and used for all ``BN`` rows. With
         ``PDL`` (programmatic dependent launch) the first tile -- weights, which no kernel writes -- is
         loaded before the program waits for the kernel before it to finish; its results are read
-        only after."""
+        only after. The loop over the later tiles holds nothing but loads and products, so Triton
+        can pipeline it (``num_stages``). ``LATE``: the products accumulate element-wise in
+        ``[BN, BO, BK]`` and are summed over ``BK`` once at the end (large weights: no cross-thread
+        reduction per tile); otherwise each tile is summed as it comes (small weights, one tile)."""
         po = tl.program_id(0)
         ks = tl.program_id(1)
         o = po * BO + tl.arange(0, BO)  # [BO]: this program's output features
@@ -110,14 +123,25 @@ if triton is not None:
                 v = v.to(tl.float32)
                 ss += tl.sum(v * v, 1)
             r = tl.rsqrt(ss / K + eps)
-        acc = tl.zeros([BN, BO], tl.float32)
-        for k0 in range(0, KS, BK):
+        km = k < K
+        v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
+        prod = v[:, None, :] * wt.to(tl.float32)[None, :, :]  # [BN, BO, BK]; exact bf16 products
+        if LATE:
+            acc3 = prod
+        else:
+            acc = tl.sum(prod, 2)  # [BN, BO]
+        for k0 in range(BK, KS, BK):  # the first tile is done above
             k = ks * KS + k0 + tl.arange(0, BK)  # [BK]
             km = k < K
-            if k0 > 0:  # the first tile is loaded above
-                wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)
-            v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
-            acc += tl.sum(v[:, None, :] * wt.to(tl.float32)[None, :, :], 2)  # [BN, BO]; exact bf16 products
+            wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)
+            v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)
+            prod = v[:, None, :] * wt.to(tl.float32)[None, :, :]
+            if LATE:
+                acc3 += prod
+            else:
+                acc += tl.sum(prod, 2)
+        if LATE:
+            acc = tl.sum(acc3, 2)  # [BN, BO]
         if SPLIT > 1:  # split-K: partials [SPLIT, BN, OUT]; the last program of output block po sums them
             pm = nm[:, None] & om[None, :]
             tl.store(part + (ks * BN + n[:, None]) * OUT + o[None, :], acc, mask=pm)
@@ -137,17 +161,20 @@ if triton is not None:
 
 def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
     """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
-    suit ``tokens`` rows times a weight ``[out_features, in_features]``: a few rows (decode steps,
-    :data:`GEMV_FIT_ROWS`) and a small weight (:data:`GEMV_MAX_ELEMENTS`), where :data:`GEMV` is
-    on. Prefill, verify steps and large models keep cuBLAS: an 8B model's decode step chained
-    through these kernels took 1.12x cuBLAS's time (1.08x with programmatic dependent launch;
-    ``benchmarks/bench_chain.py``).
+    suit ``tokens`` rows times a weight ``[out_features, in_features]``, where :data:`GEMV` is on: a
+    few rows (decode steps, :data:`GEMV_FIT_ROWS`) of a small weight (:data:`GEMV_MAX_ELEMENTS`), or
+    one row of a larger weight (:data:`GEMV_LARGE`: greedy and sampling decode steps of 1B-8B
+    models). Prefill, verify steps and several rows of large weights keep cuBLAS.
 
     Example:
-        >>> gemv_fits(1, 960, 576), gemv_fits(12, 960, 576), gemv_fits(1, 28672, 4096)
-        (True, False, False)
+        >>> gemv_fits(1, 960, 576), gemv_fits(12, 960, 576), gemv_fits(1, 28672, 4096), gemv_fits(4, 28672, 4096)
+        (True, False, True, False)
     """
-    return GEMV and tokens <= GEMV_FIT_ROWS and out_features * in_features <= GEMV_MAX_ELEMENTS
+    if not GEMV:
+        return False
+    if out_features * in_features <= GEMV_MAX_ELEMENTS:
+        return tokens <= GEMV_FIT_ROWS
+    return GEMV_LARGE and tokens == 1
 
 
 def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
@@ -164,18 +191,25 @@ def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
 
 
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,
-                 block_k: int | None, num_warps: int | None, split_k: int | None,
-                 pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
+                 block_k: int | None, num_warps: int | None, split_k: int | None, late: bool | None = None,
+                 num_stages: int | None = None, pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
     """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
 
-    Default rule, from an H200 sweep (bf16, cold L2) of SmolLM2-135M's and Llama-3.2-1B's shapes at
-    1, 4 and 16 rows: 4 output features a program, however many programs that makes; the whole
-    reduction in one block up to 2048 columns (blocks of 2048 past that); split-K only where the
-    output blocks are fewer than 128 and the reduction takes several blocks; 4 warps. Smaller
-    reduction blocks, more outputs a program and split-K were slower or within a few percent.
+    Default rule, from H200 sweeps (bf16, cold L2; ``benchmarks/bench_gemv.py --sweep``). Small
+    weights (SmolLM2-135M's and Llama-3.2-1B's shapes at 1, 4 and 16 rows): 4 output features a
+    program, however many programs that makes; the whole reduction in one block up to 2048 columns
+    (blocks of 2048 past that); split-K only where the output blocks are fewer than 128 and the
+    reduction takes several blocks; 4 warps. Smaller reduction blocks, more outputs a program and
+    split-K were slower or within a few percent. Weights past :data:`GEMV_MAX_ELEMENTS`
+    (Llama-3.1-8B's at one row): :data:`LARGE_BLOCKS`, 8 output features a program and blocks of
+    1024 columns summed late (0.78-1.01x cuBLAS's time per projection, where the small rule took
+    0.93-1.20x).
     """
     N = x.shape[0]
     out_features, in_features = weight.shape
+    if out_features * in_features > GEMV_MAX_ELEMENTS:
+        block_o, block_k = block_o or LARGE_BLOCKS["block_o"], block_k or LARGE_BLOCKS["block_k"]
+        late = LARGE_BLOCKS["late"] if late is None else late
     if N > GEMV_MAX_ROWS:
         raise ValueError(f"decodekit.fast: {N} rows for a GEMV kernel (at most {GEMV_MAX_ROWS})")
     if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:
@@ -188,8 +222,10 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     ks = triton.cdiv(blocks_k, min(split_k, blocks_k)) * block_k  # reduction columns a program, whole blocks
     split_k = triton.cdiv(in_features, ks)
     num_warps = num_warps or 4
+    late = False if late is None else late
+    stages = {} if num_stages is None else dict(num_stages=num_stages)
     return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=_pow2(N), BO=block_o, BK=block_k,
-                                     num_warps=num_warps, **pdl_meta(x.device, pdl))
+                                     LATE=bool(late), num_warps=num_warps, **stages, **pdl_meta(x.device, pdl))
 
 
 def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -217,6 +253,8 @@ def norm_linear(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
+    late: bool | None = None,
+    num_stages: int | None = None,
     pdl: bool | None = None,
 ) -> torch.Tensor:  # [N, out]
     """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` in one kernel.
@@ -236,7 +274,8 @@ def norm_linear(
         torch.Size([3, 960])
     """
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, pdl=pdl)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
+                  num_stages=num_stages, pdl=pdl)
     return _gemv(x, norm_weight, eps, weight, bias, out, True, False, False, blocks)
 
 
@@ -249,6 +288,8 @@ def act_linear_add_(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
+    late: bool | None = None,
+    num_stages: int | None = None,
     pdl: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += (silu(gate) * up) @ weight.T`` in place, in one kernel: the MLP's end and its residual.
@@ -268,7 +309,8 @@ def act_linear_add_(
     """
     if gate_up.shape[1] != 2 * weight.shape[1]:
         raise ValueError(f"decodekit.fast: gate_up {tuple(gate_up.shape)} for a weight {tuple(weight.shape)}")
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, pdl=pdl)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
+                  num_stages=num_stages, pdl=pdl)
     return _gemv(gate_up, None, 0.0, weight, None, x, False, True, True, blocks)
 
 
@@ -282,10 +324,13 @@ def linear_add_(
     block_k: int | None = None,
     num_warps: int | None = None,
     split_k: int | None = None,
+    late: bool | None = None,
+    num_stages: int | None = None,
     pdl: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += a @ weight.T (+ bias)`` in place, in one kernel (the output projection and its residual;
     the fused step uses it when :data:`GEMV_O_PROJ`). Rounds once, as ``x.addmm_``; blocks as
     :func:`act_linear_add_`."""
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, pdl=pdl)
+    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
+                  num_stages=num_stages, pdl=pdl)
     return _gemv(a, None, 0.0, weight, bias, x, False, False, True, blocks)

@@ -202,13 +202,14 @@ def _rows(N: int, width: int, dtype, g) -> torch.Tensor:  # [N, width], rows 9 e
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("N,d,out,block_k", [(1, 72, 200, None), (3, 72, 200, None), (5, 72, 200, 32),
                                              (16, 40, 24, 16)])
-def test_norm_linear(dtype, bias, N, d, out, block_k):
+@pytest.mark.parametrize("late", [False, True], ids=["sum-each-tile", "sum-late"])
+def test_norm_linear(dtype, bias, N, d, out, block_k, late):
     g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + d)
     x = _rows(N, d, dtype, g)  # [N, d]
     norm_w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(dtype)
     w = torch.randn(out, d, generator=g, device=DEVICE).to(dtype)
     b = torch.randn(out, generator=g, device=DEVICE).to(dtype) if bias else None
-    got = G.norm_linear(x, norm_w, EPS, w, b, block_k=block_k)  # [N, out]
+    got = G.norm_linear(x, norm_w, EPS, w, b, block_k=block_k, late=late)  # [N, out]
     want = F.linear(_norm_ref(x, norm_w), w.float(), None if b is None else b.float())
     assert got.shape == (N, out) and got.dtype == dtype
     assert _rel(got, want) < TOL[dtype]
@@ -216,13 +217,14 @@ def test_norm_linear(dtype, bias, N, d, out, block_k):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,d,ff,block_k", [(1, 72, 100, None), (3, 72, 100, None), (5, 72, 300, 64), (16, 24, 40, 16)])
-def test_act_linear_add_(dtype, N, d, ff, block_k):
+@pytest.mark.parametrize("late", [False, True], ids=["sum-each-tile", "sum-late"])
+def test_act_linear_add_(dtype, N, d, ff, block_k, late):
     g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + ff)
     x = torch.randn(N + 2, d, generator=g, device=DEVICE).to(dtype)  # rows past N must stay as they are
     x0 = x.clone()
     gate_up = _rows(N, 2 * ff, dtype, g)  # [N, 2 * ff]
     w = torch.randn(d, ff, generator=g, device=DEVICE).to(dtype)
-    assert G.act_linear_add_(x[:N], gate_up, w, block_k=block_k).data_ptr() == x.data_ptr()
+    assert G.act_linear_add_(x[:N], gate_up, w, block_k=block_k, late=late).data_ptr() == x.data_ptr()
     act = (F.silu(gate_up[:, :ff].float()) * gate_up[:, ff:].float()).to(dtype).float()  # silu_mul's rounding
     want = x0[:N].float() + act @ w.float().T
     assert _rel(x[:N], want) < TOL[dtype]
@@ -246,14 +248,38 @@ def test_linear_add_(dtype, bias):
 
 def test_gemv_limits(monkeypatch):
     assert G.gemv_fits(G.GEMV_FIT_ROWS, 3072, 576) and not G.gemv_fits(G.GEMV_FIT_ROWS + 1, 3072, 576)
+    assert G.gemv_fits(1, 14336 * 2, 4096) and not G.gemv_fits(2, 14336 * 2, 4096)  # large weights: one row
+    monkeypatch.setattr(G, "GEMV_LARGE", False)
+    assert not G.gemv_fits(1, 14336 * 2, 4096) and G.gemv_fits(1, 960, 576)
     monkeypatch.setattr(G, "GEMV", False)
     assert not G.gemv_fits(1, 960, 576)
-    assert not G.gemv_fits(1, 14336 * 2, 4096)  # the 8B model's gate/up keeps cuBLAS
     x = torch.zeros(G.GEMV_MAX_ROWS + 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="rows"):
         G.norm_linear(x, torch.ones(16, device=DEVICE), EPS, torch.zeros(16, 16, device=DEVICE))
     with pytest.raises(ValueError, match="dtype"):
         G.linear_add_(x[:2], x[:2].bfloat16(), torch.zeros(16, 16, device=DEVICE))
+
+
+def test_gemv_large_weight_launch(monkeypatch):
+    """Weights past GEMV_MAX_ELEMENTS take LARGE_BLOCKS' launch (several reduction blocks summed late):
+    the same results as the small-weight launch, to fp32 rounding, for all three kernels."""
+    g = torch.Generator(device=DEVICE).manual_seed(31)
+    d, out, ff = 96, 40, 160
+    x = torch.randn(1, d, generator=g, device=DEVICE)
+    norm_w = 1 + torch.randn(d, generator=g, device=DEVICE)
+    w = torch.randn(out, d, generator=g, device=DEVICE)
+    gate_up = torch.randn(1, 2 * ff, generator=g, device=DEVICE)
+    down = torch.randn(d, ff, generator=g, device=DEVICE)
+    small = (G.norm_linear(x, norm_w, EPS, w), G.act_linear_add_(x.clone(), gate_up, down),
+             G.linear_add_(x.clone(), gate_up[:, :ff], down))
+    monkeypatch.setattr(G, "GEMV_MAX_ELEMENTS", 1000)
+    monkeypatch.setattr(G, "LARGE_BLOCKS", dict(block_o=8, block_k=32, late=True))
+    grid, meta = G._gemv_launch(x, down, gate_up, None, None, None, None)
+    assert meta["LATE"] and meta["BK"] == 32 and meta["BO"] == 8 and grid[0] == d // 8
+    large = (G.norm_linear(x, norm_w, EPS, w), G.act_linear_add_(x.clone(), gate_up, down),
+             G.linear_add_(x.clone(), gate_up[:, :ff], down))
+    for got, want in zip(large, small):
+        assert _rel(got, want) < TOL[torch.float32]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
