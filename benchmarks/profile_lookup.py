@@ -69,8 +69,9 @@ def replay_us(graph: torch.cuda.CUDAGraph, before, n: int = 50) -> float:
     return statistics.median(times)
 
 
-def kernels_of(graph: torch.cuda.CUDAGraph, before) -> tuple[int, float]:
-    """(kernels launched, their summed GPU microseconds) in one replay, by torch.profiler."""
+def kernels_of(graph: torch.cuda.CUDAGraph, before, by_name: dict | None = None) -> tuple[int, float]:
+    """(kernels launched, their summed GPU microseconds) in one replay, by torch.profiler; with
+    ``by_name``, also each kernel name's (launches, microseconds) there."""
     from torch.profiler import ProfilerActivity, profile
 
     before()
@@ -80,6 +81,10 @@ def kernels_of(graph: torch.cuda.CUDAGraph, before) -> tuple[int, float]:
         torch.cuda.synchronize()
     ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "Memcpy" not in e.name
           and "Memset" not in e.name]
+    if by_name is not None:
+        for e in ev:
+            n, us = by_name.get(e.name, (0, 0.0))
+            by_name[e.name] = (n + 1, us + e.device_time)
     return len(ev), sum(e.device_time for e in ev)
 
 
@@ -89,6 +94,8 @@ def main() -> None:
     ap.add_argument("--drafts", default="4,8", help="fixed draft widths to profile")
     ap.add_argument("--tokens", type=int, default=192)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--kernels", type=int, default=0, metavar="N",
+                    help="also list each forward graph's N costliest kernels (by name: time, launches)")
     args = ap.parse_args()
     kind = ["greedy"]
     _keep_tails(kind)
@@ -141,8 +148,12 @@ def main() -> None:
                     graphs.setdefault(f"forward T={T}", (g.graph, at_start(slab._static(T))))
         for name, (g, before) in graphs.items():
             us = replay_us(g, before)
-            count, busy = kernels_of(g, before)
+            by_name: dict = {}
+            count, busy = kernels_of(g, before, by_name)
             print(f"  {name}: {us:.1f} us a replay, {count} kernels, {busy:.1f} us of kernel time", flush=True)
+            if args.kernels:
+                for kernel, (n, kus) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:args.kernels]:
+                    print(f"      {kus:8.1f} us {n:4d}x  {kernel[:90]}", flush=True)
         for name, (g, inputs, _) in TAILS.items():
             if name.startswith(variant + " "):
                 before = (lambda inputs=inputs: inputs.write.copy_(

@@ -208,7 +208,10 @@ class FusedLlama:
             sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)[:, :, None]  # [rows, T, 1, hd]
             cos = cos[:, :, None]  # [rows, T, 1, hd]
         x = x.view(N, d)  # [N, d] residual stream, updated in place
-        for i, layer in enumerate(self.layers):
+        # a dry forward (compile only: decodekit.fast.precompile) walks one layer: every layer has
+        # the same shapes, so launches the same kernel specialisations
+        layers = self.layers[:1] if L.COMPILE_ONLY.get() else self.layers
+        for i, layer in enumerate(layers):
             keys, values = view.layers[i].keys, view.layers[i].values  # [rows, kv, C, hd] each
             qkv = self._norm_linear(x, layer.norm1, layer.qkv, layer.qkv_bias)  # [N, (h + 2kv) * hd]
             if attend:  # rotary, cache write and attention in one kernel
