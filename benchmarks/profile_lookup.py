@@ -39,7 +39,6 @@ VARIANTS = {
     "kernel-tail": [(GP, "LOOKUP_STEP", True)],
     "gemv-verify-8": [(G, "GEMV_FIT_ROWS", 8)],
     "gemv-head": [(G, "GEMV_HEAD", True)],
-    "gemv-row-loop": [(G, "GEMV_ROW_LOOP", True)],
 }
 TAILS: dict[str, tuple] = {}  # the last captured step tail of each decode kind, its forward's inputs, its state
 

@@ -54,7 +54,6 @@ GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest "small" weight: up to G
 # included); at 4 rows such weights keep cuBLAS (the kernels were 1.7-2.4x slower there)
 GEMV_LARGE = True
 LARGE_BLOCKS = dict(block_o=8, block_k=1024, late=True)  # the large-weight launch (bench_gemv.py --sweep)
-GEMV_ROW_LOOP = False  # small weights: each row's products in turn (few registers at 4 rows) rather than all at once
 GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
 GEMV_HEAD = False  # the final norm and the output head as one norm_linear (slower than cuBLAS at one row)
 GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head it takes
@@ -78,26 +77,6 @@ if triton is not None:
         return v.to(tl.float32)
 
     @triton.jit
-    def _tile_sums(a, g, w, wt, n, nm, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr,
-                   BN: tl.constexpr, BO: tl.constexpr, ROWS: tl.constexpr):
-        """``[BN, BO]``: each row's activation at columns ``k`` times the weight tile ``wt [BO, BK]``,
-        summed over the tile. ``ROWS``: one row at a time (``[BO, BK]`` products: few registers
-        whatever the rows, and a row's sums are the same bits for any ``BN``); else all rows at once
-        (``[BN, BO, BK]`` products)."""
-        wf = wt.to(tl.float32)
-        if ROWS:
-            acc = tl.zeros([BN, BO], tl.float32)
-            for i in tl.static_range(BN):
-                ni = tl.full([1], i, tl.int32)
-                ri = tl.full([1], tl.sum(tl.where(n == i, r, 0.0), 0), tl.float32)  # row i's 1 / rms
-                vi = _gemv_rows(a, g, w, ni, ni < tl.sum(nm.to(tl.int32), 0), k, km, ri, s_a, K, NORM, ACT)
-                acc += tl.where(n[:, None] == i, tl.sum(vi * wf, 1)[None, :], 0.0)  # vi [1, BK] -> [BO]
-        else:
-            v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK]
-            acc = tl.sum(v[:, None, :] * wf[None, :, :], 2)  # exact bf16 products
-        return acc
-
-    @triton.jit
     def _gemv_store(acc, bias, out, n, nm, o, om, s_out, ADD: tl.constexpr, HAS_BIAS: tl.constexpr):
         """``out[n, o] (+)= acc [BN, BO] (+ bias[o])``: added in fp32, rounded once."""
         if HAS_BIAS:
@@ -114,8 +93,7 @@ if triton is not None:
     def _gemv_kernel(a, g, w, bias, out, part, tickets, N, OUT, eps, s_a, s_w, s_out,
                      K: tl.constexpr, KS: tl.constexpr, SPLIT: tl.constexpr, NORM: tl.constexpr,
                      ACT: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr,
-                     BO: tl.constexpr, BK: tl.constexpr, LATE: tl.constexpr, ROWS: tl.constexpr,
-                     PDL: tl.constexpr):
+                     BO: tl.constexpr, BK: tl.constexpr, LATE: tl.constexpr, PDL: tl.constexpr):
         """``out (+)= act(a) @ w.T (+ bias)`` for the rows of ``a``: no ``tl.dot``. Program (i, s) owns
         output features ``i * BO ..`` and reduction columns ``s * KS .. s * KS + KS - 1``; each weight
         tile ``[BO, BK]`` is loaded once (contiguous along ``in``) and used for all ``BN`` rows. With
@@ -124,8 +102,7 @@ if triton is not None:
         only after. The loop over the later tiles holds nothing but loads and products, so Triton
         can pipeline it (``num_stages``). ``LATE``: the products accumulate element-wise in
         ``[BN, BO, BK]`` and are summed over ``BK`` once at the end (large weights: no cross-thread
-        reduction per tile); otherwise each tile is summed as it comes (small weights, one tile),
-        one row after the other with ``ROWS`` (:func:`_tile_sums`)."""
+        reduction per tile); otherwise each tile is summed as it comes (small weights, one tile)."""
         po = tl.program_id(0)
         ks = tl.program_id(1)
         o = po * BO + tl.arange(0, BO)  # [BO]: this program's output features
@@ -147,20 +124,22 @@ if triton is not None:
                 ss += tl.sum(v * v, 1)
             r = tl.rsqrt(ss / K + eps)
         km = k < K
-        if LATE:  # element-wise sums [BN, BO, BK] over the tiles (exact bf16 products)
-            v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
-            acc3 = v[:, None, :] * wt.to(tl.float32)[None, :, :]
+        v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
+        prod = v[:, None, :] * wt.to(tl.float32)[None, :, :]  # [BN, BO, BK]; exact bf16 products
+        if LATE:
+            acc3 = prod
         else:
-            acc = _tile_sums(a, g, w, wt, n, nm, k, km, r, s_a, K, NORM, ACT, BN, BO, ROWS)  # [BN, BO]
+            acc = tl.sum(prod, 2)  # [BN, BO]
         for k0 in range(BK, KS, BK):  # the first tile is done above
             k = ks * KS + k0 + tl.arange(0, BK)  # [BK]
             km = k < K
             wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)
+            v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)
+            prod = v[:, None, :] * wt.to(tl.float32)[None, :, :]
             if LATE:
-                v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)
-                acc3 += v[:, None, :] * wt.to(tl.float32)[None, :, :]
+                acc3 += prod
             else:
-                acc += _tile_sums(a, g, w, wt, n, nm, k, km, r, s_a, K, NORM, ACT, BN, BO, ROWS)
+                acc += tl.sum(prod, 2)
         if LATE:
             acc = tl.sum(acc3, 2)  # [BN, BO]
         if SPLIT > 1:  # split-K: partials [SPLIT, BN, OUT]; the last program of output block po sums them
@@ -213,8 +192,7 @@ def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
 
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,
                  block_k: int | None, num_warps: int | None, split_k: int | None, late: bool | None = None,
-                 num_stages: int | None = None, row_loop: bool | None = None,
-                 pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
+                 num_stages: int | None = None, pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
     """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
 
     Default rule, from H200 sweeps (bf16, cold L2; ``benchmarks/bench_gemv.py --sweep``). Small
@@ -247,8 +225,7 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     late = False if late is None else late
     stages = {} if num_stages is None else dict(num_stages=num_stages)
     return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=_pow2(N), BO=block_o, BK=block_k,
-                                     LATE=bool(late), ROWS=GEMV_ROW_LOOP if row_loop is None else bool(row_loop),
-                                     num_warps=num_warps, **stages, **pdl_meta(x.device, pdl))
+                                     LATE=bool(late), num_warps=num_warps, **stages, **pdl_meta(x.device, pdl))
 
 
 def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -278,7 +255,6 @@ def norm_linear(
     split_k: int | None = None,
     late: bool | None = None,
     num_stages: int | None = None,
-    row_loop: bool | None = None,
     pdl: bool | None = None,
 ) -> torch.Tensor:  # [N, out]
     """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` in one kernel.
@@ -299,7 +275,7 @@ def norm_linear(
     """
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
     blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
-                  num_stages=num_stages, row_loop=row_loop, pdl=pdl)
+                  num_stages=num_stages, pdl=pdl)
     return _gemv(x, norm_weight, eps, weight, bias, out, True, False, False, blocks)
 
 
@@ -314,7 +290,6 @@ def act_linear_add_(
     split_k: int | None = None,
     late: bool | None = None,
     num_stages: int | None = None,
-    row_loop: bool | None = None,
     pdl: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += (silu(gate) * up) @ weight.T`` in place, in one kernel: the MLP's end and its residual.
@@ -335,7 +310,7 @@ def act_linear_add_(
     if gate_up.shape[1] != 2 * weight.shape[1]:
         raise ValueError(f"decodekit.fast: gate_up {tuple(gate_up.shape)} for a weight {tuple(weight.shape)}")
     blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
-                  num_stages=num_stages, row_loop=row_loop, pdl=pdl)
+                  num_stages=num_stages, pdl=pdl)
     return _gemv(gate_up, None, 0.0, weight, None, x, False, True, True, blocks)
 
 
@@ -351,12 +326,11 @@ def linear_add_(
     split_k: int | None = None,
     late: bool | None = None,
     num_stages: int | None = None,
-    row_loop: bool | None = None,
     pdl: bool | None = None,
 ) -> torch.Tensor:  # x
     """``x += a @ weight.T (+ bias)`` in place, in one kernel (the output projection and its residual;
     the fused step uses it when :data:`GEMV_O_PROJ`). Rounds once, as ``x.addmm_``; blocks as
     :func:`act_linear_add_`."""
     blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
-                  num_stages=num_stages, row_loop=row_loop, pdl=pdl)
+                  num_stages=num_stages, pdl=pdl)
     return _gemv(a, None, 0.0, weight, bias, x, False, False, True, blocks)
