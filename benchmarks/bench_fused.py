@@ -7,7 +7,8 @@ floor. Needs CUDA.
 
     python benchmarks/bench_fused.py smol,llama-3.1-8b
 """
-import sys, time, statistics
+import sys
+import time
 import torch
 sys.path.insert(0, "benchmarks")
 import bench_gpu as B
@@ -29,6 +30,7 @@ for shape in sys.argv[1].split(","):
     p1 = [torch.randint(10, 30000, (40,), generator=g).tolist()]
     p4 = [torch.randint(10, 30000, (n,), generator=g).tolist() for n in (20, 31, 9, 40)]
     never = lm.vocab_size - 1
+    ref_unfused = None
     for fused in (False, True):
         lm.fast = FastPath(lm, fused=fused)
         gen = lambda p=p1, n=128, s="greedy", **kw: decodekit.generate(lm, p, s, max_new_tokens=n, eos_token_id=never, **kw)
@@ -47,4 +49,5 @@ for shape in sys.argv[1].split(","):
             print("  same tokens as unfused:", ref == ref_unfused)
         else:
             ref_unfused = ref
-    del lm; torch.cuda.empty_cache()
+    lm = None  # the next shape's model replaces this one's
+    torch.cuda.empty_cache()

@@ -177,7 +177,7 @@ def main() -> None:
         top = min(times, key=times.get)
         best_blocks[f"{name} {proj} {N}"] = launches[top]
         best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, times["default"], times[top], top))
-        del base, tri
+        base = tri = None  # this case's weights, freed before the next
         torch.cuda.empty_cache()
     if args.sweep:
         print("\nbest per shape (us per call; ratio = best / torch):")

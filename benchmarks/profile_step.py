@@ -84,7 +84,7 @@ def main() -> None:
             forward()
             print(f"  one eager fused forward (kernels), T={T}:")
             kernel_table(forward)
-        del lm, slab, graph
+        lm = slab = graph = None  # freed before the next shape's model
         torch.cuda.empty_cache()
 
 

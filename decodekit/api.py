@@ -14,7 +14,6 @@ from decodekit.registry import STRATEGIES
 from decodekit.state import Generation
 from decodekit.stopping import Stopping
 from decodekit.strategies.base import Strategy
-from decodekit.streaming import Stream
 
 __all__ = ["generate", "encode_prompts"]
 

@@ -8,8 +8,6 @@ custom_generate and the pipeline on the default model.
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import pytest
 import torch
