@@ -29,14 +29,18 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 import torch
 
 from decodekit.fast.launch import _pow2, _tickets_for, gdc_launch_dependents, gdc_wait, launch, pdl_meta, triton
 
 if triton is not None:
     import triton.language as tl
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-__all__ = ["norm_linear", "act_linear_add_", "linear_add_", "gemv_fits", "head_fits"]
+__all__ = ["GemvLaunch", "act_linear_add_", "gemv_fits", "head_fits", "linear_add_", "norm_linear"]
 
 # the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Per call on
 # an H200 (bf16, cold L2, default blocks), against RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x
@@ -159,6 +163,19 @@ if triton is not None:
             _gemv_store(acc, bias, out, n, nm, o, om, s_out, ADD, HAS_BIAS)
 
 
+class GemvLaunch(TypedDict, total=False):
+    """How a GEMV kernel is launched, for benchmarks and tests (each left out: :func:`_gemv_launch`'s
+    default rule)."""
+
+    block_o: int  # output features a program
+    block_k: int  # reduction columns a weight tile
+    num_warps: int
+    split_k: int  # programs along the reduction (the last sums their partials)
+    late: bool  # sum the products once after the last tile (large weights) rather than tile by tile
+    num_stages: int  # the tile loop's software-pipeline depth
+    pdl: bool  # programmatic dependent launch (default: where the GPU supports it)
+
+
 def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
     """Whether the GEMV kernels (:func:`norm_linear`, :func:`act_linear_add_`, :func:`linear_add_`)
     suit ``tokens`` rows times a weight ``[out_features, in_features]``, where :data:`GEMV` is on: a
@@ -190,9 +207,10 @@ def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
     return GEMV and GEMV_HEAD and tokens <= GEMV_FIT_ROWS and vocab * hidden <= GEMV_HEAD_MAX_ELEMENTS
 
 
-def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None,
-                 block_k: int | None, num_warps: int | None, split_k: int | None, late: bool | None = None,
-                 num_stages: int | None = None, pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
+def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None = None,
+                 block_k: int | None = None, num_warps: int | None = None, split_k: int | None = None,
+                 late: bool | None = None, num_stages: int | None = None,
+                 pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
     """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
 
     Default rule, from H200 sweeps (bf16, cold L2; ``benchmarks/bench_gemv.py --sweep``). Small
@@ -229,9 +247,9 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
 
 
 def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
-          out: torch.Tensor, norm: bool, act: bool, add: bool, blocks: dict) -> torch.Tensor:
+          out: torch.Tensor, norm: bool, act: bool, add: bool, launch_kw: GemvLaunch) -> torch.Tensor:
     """Launch :func:`_gemv_kernel`: ``out [N, out_features] (+)= act(a) @ weight.T (+ bias)``."""
-    grid, meta = _gemv_launch(out, weight, a, **blocks)
+    grid, meta = _gemv_launch(out, weight, a, **launch_kw)
     part = tickets = weight  # unused without split-K
     if meta["SPLIT"] > 1:
         part = torch.empty(meta["SPLIT"], meta["BN"], out.shape[1], dtype=torch.float32, device=out.device)
@@ -248,14 +266,7 @@ def norm_linear(
     eps: float,
     weight: torch.Tensor,  # [out, d], x's dtype
     bias: torch.Tensor | None = None,  # [out]
-    *,
-    block_o: int | None = None,
-    block_k: int | None = None,
-    num_warps: int | None = None,
-    split_k: int | None = None,
-    late: bool | None = None,
-    num_stages: int | None = None,
-    pdl: bool | None = None,
+    **launch_kw: Unpack[GemvLaunch],
 ) -> torch.Tensor:  # [N, out]
     """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` in one kernel.
 
@@ -263,9 +274,9 @@ def norm_linear(
     ``norm_weight``, once to x's dtype; the products accumulate in fp32 and round once. One program
     per ``block_o`` output features (and per ``split_k`` part of ``d``) takes every row: it first
     sums each row's squares over all of ``d``, then walks ``d`` in blocks of ``block_k`` (one block
-    when ``d`` fits), loading each weight tile once for all rows (no ``tl.dot``). For a few rows and
-    a small weight (:func:`gemv_fits`); the keyword arguments are for benchmarks (defaults:
-    :func:`_gemv_launch`).
+    when ``d`` fits), loading each weight tile once for all rows (no ``tl.dot``). Where
+    :func:`gemv_fits` says so; ``launch_kw`` (:class:`GemvLaunch`) is for benchmarks and tests
+    (defaults: :func:`_gemv_launch`).
 
     Example:
         >>> x = torch.randn(3, 576, device="cuda", dtype=torch.bfloat16)           # doctest: +SKIP
@@ -274,23 +285,14 @@ def norm_linear(
         torch.Size([3, 960])
     """
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
-                  num_stages=num_stages, pdl=pdl)
-    return _gemv(x, norm_weight, eps, weight, bias, out, True, False, False, blocks)
+    return _gemv(x, norm_weight, eps, weight, bias, out, True, False, False, launch_kw)
 
 
 def act_linear_add_(
     x: torch.Tensor,  # [N, d], updated in place; N <= GEMV_MAX_ROWS
     gate_up: torch.Tensor,  # [N, 2 * ff]: gate, then up
     weight: torch.Tensor,  # [d, ff]
-    *,
-    block_o: int | None = None,
-    block_k: int | None = None,
-    num_warps: int | None = None,
-    split_k: int | None = None,
-    late: bool | None = None,
-    num_stages: int | None = None,
-    pdl: bool | None = None,
+    **launch_kw: Unpack[GemvLaunch],
 ) -> torch.Tensor:  # x
     """``x += (silu(gate) * up) @ weight.T`` in place, in one kernel: the MLP's end and its residual.
 
@@ -309,9 +311,7 @@ def act_linear_add_(
     """
     if gate_up.shape[1] != 2 * weight.shape[1]:
         raise ValueError(f"decodekit.fast: gate_up {tuple(gate_up.shape)} for a weight {tuple(weight.shape)}")
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
-                  num_stages=num_stages, pdl=pdl)
-    return _gemv(gate_up, None, 0.0, weight, None, x, False, True, True, blocks)
+    return _gemv(gate_up, None, 0.0, weight, None, x, False, True, True, launch_kw)
 
 
 def linear_add_(
@@ -319,18 +319,9 @@ def linear_add_(
     a: torch.Tensor,  # [N, k]
     weight: torch.Tensor,  # [d, k]
     bias: torch.Tensor | None = None,  # [d]
-    *,
-    block_o: int | None = None,
-    block_k: int | None = None,
-    num_warps: int | None = None,
-    split_k: int | None = None,
-    late: bool | None = None,
-    num_stages: int | None = None,
-    pdl: bool | None = None,
+    **launch_kw: Unpack[GemvLaunch],
 ) -> torch.Tensor:  # x
     """``x += a @ weight.T (+ bias)`` in place, in one kernel (the output projection and its residual;
     the fused step uses it when :data:`GEMV_O_PROJ`). Rounds once, as ``x.addmm_``; blocks as
     :func:`act_linear_add_`."""
-    blocks = dict(block_o=block_o, block_k=block_k, num_warps=num_warps, split_k=split_k, late=late,
-                  num_stages=num_stages, pdl=pdl)
-    return _gemv(a, None, 0.0, weight, bias, x, False, False, True, blocks)
+    return _gemv(a, None, 0.0, weight, bias, x, False, False, True, launch_kw)
