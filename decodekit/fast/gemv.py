@@ -57,7 +57,7 @@ GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest "small" weight: up to G
 # programmatic dependent launch: 116.6 us a layer against cuBLAS's 126.9 (RMSNorm / SiLU kernels
 # included); at 4 rows such weights keep cuBLAS (the kernels were 1.7-2.4x slower there)
 GEMV_LARGE = True
-LARGE_BLOCKS = dict(block_o=8, block_k=1024, late=True)  # the large-weight launch (bench_gemv.py --sweep)
+LARGE_BLOCKS: GemvLaunch = dict(block_o=8, block_k=1024, late=True)  # the large-weight launch (bench_gemv.py --sweep)
 GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
 GEMV_HEAD = False  # the final norm and the output head as one norm_linear (slower than cuBLAS at one row)
 GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head it takes
@@ -225,9 +225,10 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     """
     N = x.shape[0]
     out_features, in_features = weight.shape
-    if out_features * in_features > GEMV_MAX_ELEMENTS:
-        block_o, block_k = block_o or LARGE_BLOCKS["block_o"], block_k or LARGE_BLOCKS["block_k"]
-        late = LARGE_BLOCKS["late"] if late is None else late
+    if out_features * in_features > GEMV_MAX_ELEMENTS:  # LARGE_BLOCKS fills in what the call leaves out
+        block_o, block_k = block_o or LARGE_BLOCKS.get("block_o"), block_k or LARGE_BLOCKS.get("block_k")
+        split_k = LARGE_BLOCKS.get("split_k") if split_k is None else split_k
+        late = LARGE_BLOCKS.get("late") if late is None else late
     if N > GEMV_MAX_ROWS:
         raise ValueError(f"decodekit.fast: {N} rows for a GEMV kernel (at most {GEMV_MAX_ROWS})")
     if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:

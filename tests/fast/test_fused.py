@@ -137,6 +137,39 @@ def test_fused_logits_equal_transformers(name, mode, monkeypatch):
         torch.testing.assert_close(a[:, :, :start][owned], b[:, :, :start][owned], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name,split_k", [("llama-gqa", 1), ("qwen2-bias", 1), ("llama-gqa", None)])
+def test_fused_large_weight_launch_equals_transformers(name, split_k, monkeypatch):
+    """Every weight counted as large (GEMV_MAX_ELEMENTS = 0): one-token decode steps take the GEMV
+    kernels with the large-weight launch (4-6 reduction blocks a program summed late; or, with the
+    default split rule, split-K over them), wider steps keep cuBLAS; logits, hidden states and the
+    cache equal transformers' to fp32 rounding either way."""
+    _kernels_or_skip(True)
+    monkeypatch.setattr(G, "GEMV_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(G, "LARGE_BLOCKS", dict(block_o=8, block_k=16, late=True, split_k=split_k))
+    calls = _count_calls(monkeypatch, ("norm_linear", "act_linear_add_", "linear_add_"))
+    model = MODELS[name]()
+    reference = functools.partial(_step, model, torch.float32, decodekit.load(model, ByteTokenizer())._cache_kw)
+    fused = FusedLlama(model, kernels=True)
+    C = 16
+    mask, cols = torch.ones(1, C, dtype=torch.long), torch.arange(C)
+    kv_ref, kv_fused = _cache(model, 1, C), _cache(model, 1, C)
+    g = torch.Generator().manual_seed(2)
+    start = 0
+    for T in (6, 1, 3, 1):  # prefill, decode, verify, decode
+        ids = torch.randint(1, 97, (1, T), generator=g)
+        write = cols[start:start + T]
+        want, hid_want = reference(mask, cols, ids, write, SlabView(kv_ref, write), False, True)
+        got, hid_got = fused(mask, cols, ids, write, SlabView(kv_fused, write), False, True)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(hid_got, hid_want, rtol=1e-4, atol=1e-4)
+        start += T
+    layers = model.config.num_hidden_layers
+    assert calls["norm_linear"] == [1] * 4 * layers  # q/k/v and gate/up of the two decode steps
+    assert calls["act_linear_add_"] == [1] * 2 * layers == calls["linear_add_"]
+    for a, b in zip(kv_fused, kv_ref):
+        torch.testing.assert_close(a[:, :, :start], b[:, :, :start], rtol=1e-5, atol=1e-5)
+
+
 def test_kernels_without_fused_step_or_triton_is_a_clear_error():
     lm = decodekit.load(tiny_model(seed=0), ByteTokenizer())
     with pytest.raises(ValueError, match="kernels=True needs the fused step"):
