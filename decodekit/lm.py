@@ -94,7 +94,7 @@ class LM:
         self._accepts_4d: bool | None = None  # probed on the first accepts_4d_mask()
         self._head = PlainHead.of(model)  # small-batch logits on the CPU (decodekit.cpu_head)
         if cuda_graphs and self.device.type == "cuda":
-            warm_up()  # Triton's per-process set-up, before the first call needs it (decodekit.fast.kernels)
+            warm_up()  # Triton's per-process set-up, before the first call needs it (decodekit.fast.launch)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -345,7 +345,7 @@ def load(
             model = model.to(device=device, dtype=_dtype(dtype))
         return LM(model, tokenizer, cuda_graphs=cuda_graphs is not False)
     if device is not None and torch.device(device).type == "cuda" and cuda_graphs is not False:
-        warm_up()  # Triton's per-process set-up, while the weights load (decodekit.fast.kernels)
+        warm_up()  # Triton's per-process set-up, while the weights load (decodekit.fast.launch)
     hf_model, hf_tok = load_model(model, device=device, dtype=_dtype(dtype))
     return LM(hf_model, hf_tok, cuda_graphs=cuda_graphs is not False)
 
