@@ -85,3 +85,46 @@ def test_prompt_lookup_default_replays_steps_at_a_fixed_width(lm, monkeypatch):
     assert six.token_ids == greedy.token_ids and six.stats.extra["draft_tokens"] == 6
     plain = _run(lm, False, "prompt_lookup", monkeypatch, max_new_tokens=40, eos_token_id=[])
     assert plain.token_ids == greedy.token_ids and plain.stats.extra["draft_tokens"] != 4  # the cost-aware width
+
+
+def test_prompt_lookup_default_width_follows_the_decode_kernels():
+    """graph_draft_tokens=None (the default): as many drafts as keep the verify forward on the decode
+    step's GEMV kernels (a row's layers then compute the same bits as in a decode step), at most 4, if
+    at least 3; else 4."""
+    from types import SimpleNamespace
+
+    from decodekit.strategies.speculative.strategy import DraftVerify
+
+    def width(gemv_tokens, rows):
+        fn = None if gemv_tokens is None else SimpleNamespace(gemv_tokens=lambda: gemv_tokens)
+        return DraftVerify._graph_width(SimpleNamespace(cache=SimpleNamespace(path=SimpleNamespace(eager_fn=fn)),
+                                                        rows=rows))
+
+    assert width(4, 1) == 3  # a small model at batch 1: a 4-token verify through the GEMV kernels
+    assert width(5, 1) == 4 and width(16, 1) == 4  # at most 4
+    assert width(4, 2) == 4 and width(4, 3) == 4  # two rows (or three: a bucket of 4) leave too few
+    assert width(1, 1) == 4 and width(0, 1) == 4 and width(None, 1) == 4  # large weights; no GEMV kernels
+
+
+def test_prompt_lookup_default_on_the_decode_kernels_equals_greedy(monkeypatch):
+    """End to end with the Triton kernels (the interpreter on the CPU): one row, the default width is
+    3 drafts a step, and the output is greedy's."""
+    import torch
+
+    from decodekit.fast.launch import kernel_reason
+
+    if kernel_reason(torch.device("cpu"), interpret=True) is not None:
+        pytest.skip("needs Triton's interpreter")
+    lm = decodekit.load(tiny_model(seed=0), ByteTokenizer())
+    monkeypatch.setattr(decodekit.lag, "LAG", True)
+    gens = {}
+    for strategy in ("greedy", "prompt_lookup"):
+        lm.fast = FastPath(lm, capture=False, step_graphs=True, kernels=True, headroom=8)
+        assert lm.fast.eager_fn.gemv_tokens() == 4
+        lm.cuda_graphs = True
+        try:
+            gens[strategy] = decodekit.generate(lm, PROMPTS[0], strategy, max_new_tokens=10, eos_token_id=[])
+        finally:
+            lm.cuda_graphs = False
+    assert gens["prompt_lookup"].stats.extra["draft_tokens"] == 3
+    assert gens["prompt_lookup"].token_ids == gens["greedy"].token_ids

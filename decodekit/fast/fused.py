@@ -164,6 +164,20 @@ class FusedLlama:
         with torch.no_grad():
             self.layers = [_Layer(layer) for layer in model.model.layers]
 
+    def gemv_tokens(self) -> int:
+        """The most tokens (rows x step width) a forward may hold while every layer projection runs
+        the GEMV kernels (:func:`~decodekit.fast.gemv.gemv_fits`; 0 when none does). Up to it a token's
+        layers compute the same bits whatever tokens share its forward (the kernels reduce each row
+        alone): a verify step's layers equal the decode steps' (the output head is cuBLAS's)."""
+        if not (self.kernels and G.GEMV_O_PROJ):
+            return 0
+        layer = self.layers[0]
+        shapes = [layer.qkv.shape, layer.o.shape, layer.gate_up.shape, layer.down.shape]
+        tokens = 0
+        while tokens < G.GEMV_MAX_ROWS and all(G.gemv_fits(tokens + 1, *shape) for shape in shapes):
+            tokens += 1
+        return tokens
+
     def _norm_linear(self, x: torch.Tensor, norm: tuple[torch.Tensor, float], w: torch.Tensor,
                      b: torch.Tensor | None) -> torch.Tensor:  # [N, out]
         """``F.linear(rms_norm(x), w, b)`` for ``x [N, d]``, ``w [out, d]``: one kernel where it fits."""

@@ -37,8 +37,10 @@ class DraftVerifyConfig(StrategyConfig):
         "help": "schedule: grow by 2 when a row accepts all, else shrink by 1; cost: draft max_draft_tokens, "
                 "verify the width that maximises expected tokens per verify cost (cheap proposers only); auto: "
                 "graph_draft_tokens always where whole steps replay from CUDA graphs, else cost"})
-    graph_draft_tokens: int = field(default=4, metadata={
-        "help": "draft_policy=auto: drafts verified every step where whole steps replay from CUDA graphs"})
+    graph_draft_tokens: int | None = field(default=None, metadata={
+        "help": "draft_policy=auto: drafts verified every step where whole steps replay from CUDA graphs "
+                "(None: as many as keep the verify forward on the decode step's kernels if 3 or more, "
+                "at most 4 -- 3 for a small model at batch 1 -- else 4)"})
     verify_cost: tuple = field(default=(), metadata={
         "help": "(row, overhead, token): verify pass cost in one-token passes (empty = the device's default)"})
     do_sample: bool = field(default=False, metadata={"help": "speculative sampling (lossless); False = greedy verification"})
@@ -52,7 +54,8 @@ class DraftVerifyConfig(StrategyConfig):
     def validate(self) -> None:
         name = self.strategy_name
         check(self.draft_tokens >= 1, f"{name}: draft_tokens must be >= 1, got {self.draft_tokens}")
-        check(self.graph_draft_tokens >= 1, f"{name}: graph_draft_tokens must be >= 1, got {self.graph_draft_tokens}")
+        check(self.graph_draft_tokens is None or self.graph_draft_tokens >= 1,
+              f"{name}: graph_draft_tokens must be None or >= 1, got {self.graph_draft_tokens}")
         check(self.draft_policy in ("schedule", "cost", "auto"),
               f"{name}: draft_policy must be 'schedule', 'cost' or 'auto', got {self.draft_policy!r}")
         check(self.max_draft_tokens >= self.draft_tokens,

@@ -17,7 +17,8 @@ replays it from graphs (:mod:`decodekit.fast.step_graph`):
 
 Greedy verification only (its output equals greedy decoding), without processors, single chains.
 Used when the lagged stop check is on (CUDA) at a fixed width: prompt lookup's default on a GPU
-(``draft_policy="auto"``: ``graph_draft_tokens`` = 4 drafts every step), or ``adaptive=False``
+(``draft_policy="auto"``: ``graph_draft_tokens`` drafts every step, by default 3 for a small model at
+batch 1, else 4), or ``adaptive=False``
 (``draft_tokens`` every step): e.g. ``decodekit.generate(lm, passage, "prompt_lookup")``.
 """
 

@@ -15,8 +15,9 @@ after a 1-gram match, 59% after a 2-gram and 89% after a 3-gram. By default (``d
 the width depends on where the decode runs:
 
 * where whole steps replay from CUDA graphs (a GPU fast path, greedy verification, no processors:
-  :mod:`.graph_plan`), every step verifies ``graph_draft_tokens`` (4) drafts -- no host sync, the
-  lookup and the bookkeeping in one kernel (:mod:`decodekit.fast.lookup_step`);
+  :mod:`.graph_plan`), every step verifies ``graph_draft_tokens`` drafts -- by default as many as
+  keep the verify forward on the decode step's kernels (3 for a small model at batch 1), else 4; no
+  host sync, the lookup and the bookkeeping in one kernel (:mod:`decodekit.fast.lookup_step`);
 * elsewhere (``draft_policy="cost"``, :mod:`.draft_length`) the strategy turns those rates, learnt
   further per decode, into the verify width: long after good matches, none (a plain one-token
   step) after poor ones or where nothing matches; the step then has one host sync.

@@ -145,13 +145,28 @@ class DraftVerify(Strategy):
         run.fixed = self._fixed = (cfg.draft_policy == "auto" and cfg.adaptive
                                    and self._replays_steps(state, proposer, run))
         if run.fixed:
-            run.k = cfg.graph_draft_tokens
+            run.k = cfg.graph_draft_tokens or self._graph_width(state)
         cost_aware = cfg.draft_policy == "cost" or (cfg.draft_policy == "auto" and not run.fixed)
         if cfg.adaptive and cost_aware and not run.trees:  # trees keep the schedule
             cost = cost_of_device(state.lm.device.type, cfg.verify_cost)
             policy = CostAwareLength(cfg.max_draft_tokens, cost, getattr(proposer, "bucket_priors", None))
             run.widths = WidthPicker(policy)
         return state
+
+    @staticmethod
+    def _graph_width(state: DecodeState) -> int:
+        """``graph_draft_tokens=None``: the most drafts whose verify forward stays on the decode
+        step's layer kernels (:meth:`~decodekit.fast.fused.FusedLlama.gemv_tokens`; a small model at
+        batch 1: 3), at most 4, if at least 3; else 4. On an H200 the default model's prompt lookup on a
+        summarisation prompt ran at 0.99-1.02x greedy with 3 drafts a step (a 4-token verify through
+        the GEMV kernels) against 0.95x with 4 (a 5-token verify through cuBLAS), in three calls; and
+        the verify's layers then round as greedy's do, so near-ties cannot make the output differ
+        there (benchmarks/bench_gpu.py, BENCHMARKS.md)."""
+        from decodekit.fast.slab import bucket  # (import cycle)
+
+        gemv_tokens = getattr(getattr(state.cache.path, "eager_fn", None), "gemv_tokens", None)
+        drafts = min((gemv_tokens() if gemv_tokens is not None else 0) // bucket(state.rows) - 1, 4)
+        return drafts if drafts >= 3 else 4
 
     def _replays_steps(self, state: DecodeState, proposer, run: _Run) -> bool:
         """Whether this decode's whole steps can replay from CUDA graphs at a fixed width
