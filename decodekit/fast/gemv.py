@@ -17,9 +17,8 @@ large one; wider steps keep cuBLAS). No ``tl.dot``: each program owns a few outp
 each weight tile once (contiguous along ``in``) and reduces it against every row in fp32 -- tile by
 tile, or for large weights element-wise over the whole reduction and summed once at the end; a
 long reduction may be split over programs, the last of which sums the partials in a fixed order
-(bitwise reproducible). Rounding as the kernels they
-replace: the activation rounded once to the weights' dtype, fp32 accumulation, one rounding of the
-output.
+(bitwise reproducible). Rounding as the kernels they replace: the activation rounded once to the
+weights' dtype, fp32 accumulation, one rounding of the output.
 
 Example:
     >>> from decodekit.fast import gemv
@@ -54,7 +53,7 @@ GEMV_BLOCK_K = 2048  # the default reduction block's largest size (a whole reduc
 GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest "small" weight: up to GEMV_FIT_ROWS rows, small blocks
 # larger weights (Llama-3.1-8B's, and Llama-3.2-1B's gate/up and down) at one row: the large-weight
 # launch (LARGE_BLOCKS). Chained over an 8B layer's projections on an H200 (bench_chain.py) with
-# programmatic dependent launch: 116.6 us a layer against cuBLAS's 126.9 (RMSNorm / SiLU kernels
+# programmatic dependent launch: 118.2 us a layer against cuBLAS's 123.5 (RMSNorm / SiLU kernels
 # included); at 4 rows such weights keep cuBLAS (the kernels were 1.7-2.4x slower there)
 GEMV_LARGE = True
 LARGE_BLOCKS: GemvLaunch = dict(block_o=8, block_k=1024, late=True)  # the large-weight launch (bench_gemv.py --sweep)
