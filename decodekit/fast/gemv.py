@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
-from decodekit.fast.launch import _pow2, _tickets_for, gdc_launch_dependents, gdc_wait, launch, pdl_meta, triton
+from decodekit.fast.launch import gdc_launch_dependents, gdc_wait, launch, pdl_meta, pow2, tickets_for, triton
 
 if triton is not None:
     import triton.language as tl
@@ -233,7 +233,7 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:
         raise ValueError("decodekit.fast: GEMV kernels need one dtype and contiguous last dims")
     block_o = block_o or 4
-    block_k = block_k or min(_pow2(in_features), GEMV_BLOCK_K)
+    block_k = block_k or min(pow2(in_features), GEMV_BLOCK_K)
     blocks_o, blocks_k = triton.cdiv(out_features, block_o), triton.cdiv(in_features, block_k)
     if split_k is None:
         split_k = max(1, min(blocks_k, 128 // blocks_o))
@@ -242,7 +242,7 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     num_warps = num_warps or 4
     late = False if late is None else late
     stages = {} if num_stages is None else dict(num_stages=num_stages)
-    return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=_pow2(N), BO=block_o, BK=block_k,
+    return (blocks_o, split_k), dict(K=in_features, KS=ks, SPLIT=split_k, BN=pow2(N), BO=block_o, BK=block_k,
                                      LATE=bool(late), num_warps=num_warps, **stages, **pdl_meta(x.device, pdl))
 
 
@@ -253,7 +253,7 @@ def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Ten
     part = tickets = weight  # unused without split-K
     if meta["SPLIT"] > 1:
         part = torch.empty(meta["SPLIT"], meta["BN"], out.shape[1], dtype=torch.float32, device=out.device)
-        tickets = _tickets_for(out.device, grid[0])
+        tickets = tickets_for(out.device, grid[0])
     launch(_gemv_kernel, grid, a, weight if g is None else g, weight, weight if bias is None else bias, out, part,
            tickets, out.shape[0], weight.shape[0], eps, a.stride(0), weight.stride(0), out.stride(0),
            NORM=norm, ACT=act, ADD=add, HAS_BIAS=bias is not None, **meta)

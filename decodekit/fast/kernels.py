@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.fast.launch import _pow2, _tickets_for, gdc_launch_dependents, gdc_wait, launch, pdl_meta, triton
+from decodekit.fast.launch import gdc_launch_dependents, gdc_wait, launch, pdl_meta, pow2, tickets_for, triton
 
 if triton is not None:
     import triton.language as tl
@@ -232,7 +232,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of the rows of ``x [N, d]`` (last dim contiguous) with ``weight [d]``: ``[N, d]``."""
     N, D = x.shape
     out = torch.empty_like(x)
-    block = _pow2(D)
+    block = pow2(D)
     launch(_rms_norm_kernel, (N,), x, weight, out, D, eps, x.stride(0), out.stride(0), BLOCK=block,
            num_warps=4 if block <= 2048 else 8)
     return out
@@ -257,13 +257,13 @@ def rope_write(
         _rope_write_kernel, (N, heads + kv_heads), qkv, cos, sin, write, keys, values, q, T,
         qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), q.stride(0), q.stride(1),
-        H=heads, KVH=kv_heads, HD=head_dim, BLOCK_D=_pow2(head_dim), num_warps=1)
+        H=heads, KVH=kv_heads, HD=head_dim, BLOCK_D=pow2(head_dim), num_warps=1)
     return q
 
 
 def _block_c(C: int, gp: int, block_d: int) -> int:
     """Columns per program: ~4K products per program, at most ``MAX_SPLITS`` blocks."""
-    return max(16, min(64, 4096 // (gp * block_d)), _pow2(triton.cdiv(C, MAX_SPLITS)))
+    return max(16, min(64, 4096 // (gp * block_d)), pow2(triton.cdiv(C, MAX_SPLITS)))
 
 
 def attend_fits(tokens: int, columns: int) -> bool:
@@ -325,10 +325,10 @@ def _attend(q, s_qn, s_qh, h, hd, keys, values, mask, write, scale, rope, block_
     N = q.shape[0]
     kvh, C = keys.shape[1], keys.shape[2]
     g = h // kvh
-    gp, block_d = max(_pow2(g), 2), _pow2(hd)
+    gp, block_d = max(pow2(g), 2), pow2(hd)
     block_c = block_c or _block_c(C, gp, block_d)
     S = triton.cdiv(C, block_c)  # <= MAX_SPLITS
-    sp = _pow2(S)
+    sp = pow2(S)
     rb = min(sp, max(2, COMBINE_ELEMENTS // (gp * block_d)))  # partials combined per pass
     if last_combines is None:
         last_combines = q.device.type == "cuda"
@@ -336,7 +336,7 @@ def _attend(q, s_qn, s_qh, h, hd, keys, values, mask, write, scale, rope, block_
     part_l = torch.empty_like(part_m)
     part_o = torch.empty(N, kvh, sp, gp, block_d, dtype=torch.float32, device=q.device)
     out = torch.empty(N, h, hd, dtype=q.dtype, device=q.device)
-    tickets = _tickets_for(q.device, N * kvh) if last_combines else part_m
+    tickets = tickets_for(q.device, N * kvh) if last_combines else part_m
     cos, sin, rope_kv = rope if rope is not None else (q, q, kvh)
     launch(
         _attend_split_kernel, (N, kvh, S), q, keys, values, mask, write, part_m, part_l, part_o, out, tickets,
@@ -344,7 +344,7 @@ def _attend(q, s_qn, s_qh, h, hd, keys, values, mask, write, scale, rope, block_
         keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), mask.stride(0), out.stride(0), out.stride(1),
         G=g, GP=gp, HD=hd, BLOCK_D=block_d, BLOCK_C=block_c, SP=sp, RB=rb, LAST_COMBINES=last_combines,
-        ROPE=rope is not None, H=h, KVH=rope_kv, num_warps=4, 
+        ROPE=rope is not None, H=h, KVH=rope_kv, num_warps=4,
         **pdl_meta(q.device, None if rope is not None else False))
     if not last_combines:
         launch(_attend_reduce_kernel, (N, kvh), part_m, part_l, part_o, out, write, write.shape[0], S,
@@ -358,7 +358,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     N, two_ff = gate_up.shape
     ff = two_ff // 2
     out = torch.empty(N, ff, dtype=gate_up.dtype, device=gate_up.device)
-    block = min(_pow2(ff), 2048)
+    block = min(pow2(ff), 2048)
     launch(_silu_mul_kernel, (N, triton.cdiv(ff, block)), gate_up, out, ff, gate_up.stride(0), out.stride(0),
            BLOCK=block, num_warps=4)
     return out

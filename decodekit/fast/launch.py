@@ -13,7 +13,7 @@ per-process warm-up, programmatic dependent launch, and the ticket counters of l
   (:mod:`decodekit.fast.kernels`' ``rope_attend``, :mod:`decodekit.fast.gemv`). What such a kernel
   loads before ``gdc_wait`` must be what no kernel of the step writes; it signals its dependents
   after the wait, so an early start overlaps one kernel, never two;
-* :func:`_tickets_for`: the zeroed counters by which the last program of a split reduction knows
+* :func:`tickets_for`: the zeroed counters by which the last program of a split reduction knows
   it is last (attention, the GEMV kernels' split-K, greedy's pick).
 
 Example:
@@ -44,11 +44,12 @@ except ImportError:  # pragma: no cover - Triton before 3.3
     gdc_launch_dependents = gdc_wait = None
 
 __all__ = ["kernel_reason", "launch", "COMPILE_ONLY", "warm_up", "wait_for_warm_up", "PDL", "pdl_supported",
-           "pdl_meta", "gdc_wait", "gdc_launch_dependents"]
+           "pdl_meta", "gdc_wait", "gdc_launch_dependents", "tickets_for", "pow2"]
 
 # programmatic dependent launch (Hopper and later): a kernel's programs may start while the kernel
 # before it finishes and load what no kernel writes (weights) before they wait for it
 PDL = os.environ.get("DECODEKIT_PDL", "1") != "0"
+
 
 def kernel_reason(device: torch.device, interpret: bool = False) -> str | None:
     """Why decodekit's Triton kernels cannot run on ``device``, or None when they can.
@@ -168,7 +169,8 @@ def wait_for_warm_up() -> None:
         _warming.join()
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (Triton block sizes)."""
     return triton.next_power_of_2(n)
 
 
@@ -182,7 +184,7 @@ if triton is not None:
 _tickets: dict[torch.device, torch.Tensor] = {}
 
 
-def _tickets_for(device: torch.device, n: int) -> torch.Tensor:
+def tickets_for(device: torch.device, n: int) -> torch.Tensor:
     """Zeroed int32 counters for the last-block combine; each launch leaves them zero again. Made
     by the eager warm-up that precedes every capture, so a captured graph only reuses them."""
     t = _tickets.get(device)

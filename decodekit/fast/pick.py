@@ -92,7 +92,7 @@ def greedy_pick(logits: torch.Tensor, *, last_combines: bool | None = None
                          f"got {tuple(logits.shape)} strides {logits.stride()}")
     rows, V = logits.shape
     P = L.triton.cdiv(V, BLOCK)
-    bp = L._pow2(P)
+    bp = L.pow2(P)
     if last_combines is None:
         last_combines = logits.device.type == "cuda"
     dev = logits.device
@@ -101,7 +101,7 @@ def greedy_pick(logits: torch.Tensor, *, last_combines: bool | None = None
     part_i = torch.empty(rows, bp, dtype=torch.int32, device=dev)
     tokens = torch.empty(rows, dtype=torch.long, device=dev)
     logprobs = torch.empty(rows, 1, dtype=torch.float32, device=dev)
-    tickets = L._tickets_for(dev, rows) if last_combines else part_i
+    tickets = L.tickets_for(dev, rows) if last_combines else part_i
     L.launch(_pick_kernel, (rows, P), logits, part_m, part_i, part_s, tokens, logprobs, tickets, V, P,
              logits.stride(0), BLOCK=BLOCK, BP=bp, LAST_COMBINES=last_combines, num_warps=8)
     if not last_combines:

@@ -12,9 +12,9 @@ compiles to forked children (:mod:`decodekit.fast.forked_compiles`: a thread poo
 them) and collects them on a thread pool, then builds the launchers and loads the binaries on the
 same pool; the forwards that follow find the kernels ready. The dry forwards leave the slab as it
 was: with the kernels on, every write into the cache is a Triton kernel's, and none runs. They walk
-the first layer only (the fused step's layers launch the same kernels), so the children fork
-within a few tens of milliseconds of the start, not after a walk over every layer (~0.3 s for the
-default model).
+the first layer only (the fused step's layers launch the same kernels), so the children fork right
+after its launches; on an H200 that left the first call within its noise (the children's compiles
+are the critical path), but a dry forward of a large model no longer runs every layer's GEMMs.
 
 Widths: the slab's first forward (usually the prefill) and a one-token decode step, with greedy's
 choice (:mod:`decodekit.fast.pick`) and a single-token step's bookkeeping

@@ -107,7 +107,7 @@ def _blocks(C: int, heads: int, head_dim: int, block_c: int | None, splits: int 
     """(BLOCK_C, SPLITS): a program copies ``heads x BLOCK_C x head_dim`` (about :data:`TILE` elements,
     padded to powers of two) per step, every ``SPLITS``-th column block."""
     if block_c is None:
-        block_c = max(1, min(L._pow2(C), TILE // (L._pow2(heads) * L._pow2(head_dim))))
+        block_c = max(1, min(L.pow2(C), TILE // (L.pow2(heads) * L.pow2(head_dim))))
     if splits is None:
         splits = min(L.triton.cdiv(C, block_c), MAX_SPLITS)
     return block_c, splits
@@ -150,5 +150,5 @@ def copy_moved_rows(table: torch.Tensor, like: torch.Tensor, index: torch.Tensor
         return
     block_c, splits = _blocks(C, heads, head_dim, block_c, splits)
     L.launch(_copy_rows_kernel, (table.shape[0] * n, splits), table, index, end, n, C, heads * C * head_dim,
-             C * head_dim, H=heads, HP=L._pow2(heads), HD=head_dim, HDP=L._pow2(head_dim), BLOCK_C=block_c,
+             C * head_dim, H=heads, HP=L.pow2(heads), HD=head_dim, HDP=L.pow2(head_dim), BLOCK_C=block_c,
              SPLITS=splits, DTYPE=_ELEMENT[like.dtype], num_warps=4)
