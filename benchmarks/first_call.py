@@ -10,6 +10,12 @@ the model is built. Point
 
     TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/first_call.py
     TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/first_call.py --no-precompile   # one compile at a time
+
+``--gguf`` measures what a user of the default model waits for instead: ``decodekit.load(<GGUF>,
+device="cuda", dtype="bfloat16")``, which compiles the kernels from the config while the weights
+load (:mod:`decodekit.fast.ahead`; ``--no-ahead`` turns that off), then the first calls::
+
+    TRITON_CACHE_DIR=$(mktemp -d) DECODEKIT_DEFAULT_GGUF=<the GGUF> python benchmarks/first_call.py --gguf
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from probe_syncs import SMOL  # noqa: E402
 
 import decodekit  # noqa: E402
 from decodekit.fast import launch as L  # noqa: E402
+from decodekit.models import default_model_path  # noqa: E402
 
 
 def main() -> None:
@@ -38,6 +45,10 @@ def main() -> None:
                     help="compile each Triton kernel on its first launch (decodekit.fast.precompile.PRECOMPILE=False)")
     ap.add_argument("--no-warm-up", action="store_true",
                     help="no Triton warm-up thread during the load (the first call pays Triton's set-up)")
+    ap.add_argument("--gguf", nargs="?", const="default", metavar="PATH",
+                    help="load this GGUF file (default: the default model's) with decodekit.load, not a random model")
+    ap.add_argument("--no-ahead", action="store_true",
+                    help="with --gguf: no kernels compiled from the config during the load (decodekit.fast.ahead)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="cProfile the first call and print its N most expensive functions (cumulative)")
     args = ap.parse_args()
@@ -45,13 +56,25 @@ def main() -> None:
         import decodekit.fast.precompile as P
 
         P.PRECOMPILE = False
+    if args.no_ahead:
+        import decodekit.fast.ahead as A
+
+        A.AHEAD = False
     B.SHAPES["smol"] = SMOL
     torch.cuda.init()
     t0 = time.perf_counter()
-    if not args.no_warm_up:  # what decodekit.load(<model file>, device="cuda") does before reading weights
-        L.warm_up()
-    lm = decodekit.load(B.random_model("smol"), B.IdTokenizer())
-    print(f"load (random weights, built on the GPU): {time.perf_counter() - t0:.2f} s", flush=True)
+    if args.gguf:
+        path = default_model_path() if args.gguf == "default" else args.gguf
+        lm = decodekit.load(path, device="cuda", dtype="bfloat16")
+        load_s = time.perf_counter() - t0
+        print(f"load ({path}, bf16, compile ahead {'off' if args.no_ahead else 'on'}): {load_s:.2f} s "
+              f"(fused {lm.fast is None or lm.fast.fused})", flush=True)
+    else:
+        if not args.no_warm_up:  # what decodekit.load(<model file>, device="cuda") does before reading weights
+            L.warm_up()
+        lm = decodekit.load(B.random_model("smol"), B.IdTokenizer())
+        load_s = time.perf_counter() - t0
+        print(f"load (random weights, built on the GPU): {load_s:.2f} s", flush=True)
     prompt = [list(range(100, 140))]
     for attempt in ("first call", "second call"):
         torch.cuda.synchronize()
@@ -64,9 +87,12 @@ def main() -> None:
         if prof is not None:
             prof.disable()
             pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile)
-        print(f"{attempt}: {time.perf_counter() - t0:.2f} s (prefill {gen.stats.prefill_time_s:.2f} s, "
+        call_s = time.perf_counter() - t0
+        print(f"{attempt}: {call_s:.2f} s (prefill {gen.stats.prefill_time_s:.2f} s, "
               f"graph capture so far {lm.fast.capture_s:.2f} s, precompile {lm.fast.precompile_s:.2f} s, "
-              f"kernels={lm.fast.kernels})", flush=True)
+              f"kernels={lm.fast.kernels}, fused={lm.fast.fused})", flush=True)
+        if attempt == "first call":
+            print(f"load + first call: {load_s + call_s:.2f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from decodekit.cpu_head import PlainHead
 from decodekit.fast import FastCache, FastPath, unsupported_reason
+from decodekit.fast.ahead import compile_ahead
 from decodekit.fast.launch import warm_up
 from decodekit.models import load_model
 from decodekit.transfer import to_device
@@ -344,9 +346,12 @@ def load(
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=_dtype(dtype))
         return LM(model, tokenizer, cuda_graphs=cuda_graphs is not False)
+    on_config = None
     if device is not None and torch.device(device).type == "cuda" and cuda_graphs is not False:
         warm_up()  # Triton's per-process set-up, while the weights load (decodekit.fast.launch)
-    hf_model, hf_tok = load_model(model, device=device, dtype=_dtype(dtype))
+        # ... and the fast path's kernels, compiled from the config meanwhile (decodekit.fast.ahead)
+        on_config = functools.partial(compile_ahead, dtype=_dtype(dtype) or torch.float32, device=device)
+    hf_model, hf_tok = load_model(model, device=device, dtype=_dtype(dtype), on_config=on_config)
     return LM(hf_model, hf_tok, cuda_graphs=cuda_graphs is not False)
 
 

@@ -8,9 +8,14 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 __all__ = ["DEFAULT_MODEL_NAME", "ModelNotFoundError", "default_model_path", "load_model"]
 
@@ -52,8 +57,13 @@ def default_model_path() -> Path:
     )
 
 
-def load_model(model: str | os.PathLike | None, *, device=None, dtype: torch.dtype | None = None):
-    """Load ``(hf_model, tokenizer)`` from the default model, a folder or a ``.gguf`` file."""
+def load_model(model: str | os.PathLike | None, *, device=None, dtype: torch.dtype | None = None,
+               on_config: Callable[[PretrainedConfig], object] | None = None):
+    """Load ``(hf_model, tokenizer)`` from the default model, a folder or a ``.gguf`` file.
+
+    ``on_config`` is called with the model's config as soon as it is read, before the tokenizer and
+    the weights load (:func:`decodekit.load` starts compiling the fast path's kernels there).
+    """
     path = default_model_path() if model is None else Path(os.fspath(model)).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
@@ -68,20 +78,26 @@ def load_model(model: str | os.PathLike | None, *, device=None, dtype: torch.dty
             raise ModelNotFoundError(f"{path} holds neither a config.json nor a single .gguf file")
     elif path.suffix != ".gguf":
         raise ValueError(f"{path} is a file but not a .gguf file; pass a model folder or a .gguf file")
-    return _from_pretrained(path, device=device, dtype=dtype)
+    return _from_pretrained(path, device=device, dtype=dtype, on_config=on_config)
 
 
-def _from_pretrained(path: Path, *, device, dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_pretrained(path: Path, *, device, dtype, on_config=None):
+    """The config first (read once: handed to ``on_config`` and to the model's load, which would
+    otherwise parse a GGUF file's metadata again), then the tokenizer and the weights. A GGUF file's
+    weights are dequantised into a plain dense model (decodekit's fused forward reads them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
     was_disabled = not hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, **extra)
+        if on_config is not None:
+            on_config(config)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, local_files_only=True, dtype=dtype or torch.float32, **extra
+            folder, config=config, local_files_only=True, dtype=dtype or torch.float32, **extra, **_dense(extra)
         )
     finally:
         if not was_disabled:
@@ -89,3 +105,14 @@ def _from_pretrained(path: Path, *, device, dtype):
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer
+
+
+def _dense(extra: dict) -> dict:
+    """For a GGUF file: ask for dense weights where transformers could keep GGUF blocks packed."""
+    if "gguf_file" not in extra:
+        return {}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers: GGUF weights are always dequantised
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}

@@ -14,7 +14,8 @@ dependent launch), ``gemv`` (GEMV kernels with the norm / activation / residual 
 single-token step's bookkeeping in one kernel), ``pick`` (greedy's token and its log-prob in one
 kernel), ``lookup_step`` (prompt lookup's step tail in one kernel), ``row_copy`` (beam search's
 in-place KV row moves in one kernel), ``precompile`` (the Triton kernels compiled ahead,
-concurrently), ``forked_compiles`` (those compiles in forked children).
+concurrently), ``forked_compiles`` (those compiles in forked children), ``ahead`` (the kernels
+compiled from a model's config while its weights load).
 """
 
 from decodekit.fast.cache import FastCache

@@ -6,7 +6,8 @@ per-process warm-up, programmatic dependent launch, and the ticket counters of l
   :func:`warm_up`'s thread, only compiles while :data:`COMPILE_ONLY` (:mod:`decodekit.fast.precompile`),
   and falls back to plain launches should the first programmatic dependent launch fail;
 * :func:`warm_up`: Triton's one-time set-up of the process on a background thread, started by
-  :func:`decodekit.load` for a CUDA model;
+  :func:`decodekit.load` for a CUDA model; :func:`launches_wait_for`: launches also wait for the
+  threads compiling kernels ahead (:mod:`decodekit.fast.ahead`);
 * programmatic dependent launch (Hopper and later; ``DECODEKIT_PDL=0`` turns it off):
   :func:`pdl_supported`, :func:`pdl_meta` (the launch keywords of a kernel with a ``PDL``
   constexpr), and Triton's ``gdc_wait`` / ``gdc_launch_dependents`` for the kernels that use it
@@ -43,8 +44,8 @@ try:
 except ImportError:  # pragma: no cover - Triton before 3.3
     gdc_launch_dependents = gdc_wait = None
 
-__all__ = ["kernel_reason", "launch", "COMPILE_ONLY", "warm_up", "wait_for_warm_up", "PDL", "pdl_supported",
-           "pdl_meta", "gdc_wait", "gdc_launch_dependents", "tickets_for", "pow2"]
+__all__ = ["kernel_reason", "launch", "COMPILE_ONLY", "warm_up", "wait_for_warm_up", "launches_wait_for", "PDL",
+           "pdl_supported", "pdl_meta", "gdc_wait", "gdc_launch_dependents", "tickets_for", "pow2"]
 
 # programmatic dependent launch (Hopper and later): a kernel's programs may start while the kernel
 # before it finishes and load what no kernel writes (weights) before they wait for it
@@ -163,10 +164,27 @@ def _warm() -> None:
 
 
 def wait_for_warm_up() -> None:
-    """Wait for :func:`warm_up`'s thread while it runs (it must not race the first compile); every
-    :func:`launch` calls it."""
-    if _warming is not None and _warming.is_alive():
+    """Wait for :func:`warm_up`'s thread while it runs (it must not race the first compile), and for
+    the threads compiling kernels ahead (:func:`launches_wait_for`); every :func:`launch` calls it. A
+    compile-ahead thread's own launches wait for the warm-up only."""
+    me = threading.current_thread()
+    if _warming is not None and _warming is not me and _warming.is_alive():
         _warming.join()
+    if me in _ahead:
+        return
+    for thread in list(_ahead):
+        thread.join()
+        if thread in _ahead:
+            _ahead.remove(thread)
+
+
+_ahead: list[threading.Thread] = []  # compiling kernels ahead (decodekit.fast.ahead): launches wait for them
+
+
+def launches_wait_for(thread: threading.Thread) -> None:
+    """Make every :func:`launch` outside ``thread`` wait for it to finish (a thread that compiles
+    kernels ahead, :mod:`decodekit.fast.ahead`: a launch must not compile the same kernel beside it)."""
+    _ahead.append(thread)
 
 
 def pow2(n: int) -> int:

@@ -99,3 +99,26 @@ def test_warm_up_compiles_and_loads_a_kernel():
     L.wait_for_warm_up()
     compiled = [k for c in L._warm_kernel.device_caches.values() for k in c[0].values()]
     assert compiled and all(getattr(k, "function", None) is not None for k in compiled)  # loaded
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_compile_ahead_covers_the_first_decode(dtype):
+    """Kernels compiled from the config alone (decodekit.fast.ahead, what decodekit.load starts while
+    a model file's weights load) are every kernel the model's first batch-1 decode launches: it
+    compiles nothing more (the stand-in's one layer, its slab and its prefill width differ from the
+    real decode's; none of that may change a kernel's specialisation)."""
+    import decodekit.fast.ahead as A
+
+    model = tiny_model(seed=6, layers=3).to("cuda", dtype)
+    for k in KERNELS:
+        k.device_caches.clear()
+    before = _compiled()
+    assert A.compile_ahead(model.config, dtype, "cuda") is not None
+    L.wait_for_warm_up()  # joins the compile-ahead thread
+    assert A.last_error is None, A.last_error
+    ahead = _compiled()
+    assert ahead > before, "the compile ahead compiled nothing"
+    lm = decodekit.load(model, ByteTokenizer())
+    out = decodekit.generate(lm, "Hello there, how are you today?", max_new_tokens=20)
+    assert lm.fast.graph_steps > 0 and len(out.token_ids[0]) > 0
+    assert _compiled() == ahead, "the first decode compiled a kernel the compile ahead missed"
