@@ -67,8 +67,11 @@ def main() -> None:
         path = default_model_path() if args.gguf == "default" else args.gguf
         lm = decodekit.load(path, device="cuda", dtype="bfloat16")
         load_s = time.perf_counter() - t0
-        print(f"load ({path}, bf16, compile ahead {'off' if args.no_ahead else 'on'}): {load_s:.2f} s "
-              f"(fused {lm.fast is None or lm.fast.fused})", flush=True)
+        import decodekit.fast.ahead as A
+
+        print(f"load ({path}, bf16, compile ahead {'off' if args.no_ahead else 'on'}): {load_s:.2f} s; "
+              f"compile ahead {', '.join(f'{k} {v:.2f}' for k, v in A.last_run.items()) or '-'}"
+              f"{f', error {A.last_error!r}' if A.last_error else ''}", flush=True)
     else:
         if not args.no_warm_up:  # what decodekit.load(<model file>, device="cuda") does before reading weights
             L.warm_up()
@@ -77,6 +80,7 @@ def main() -> None:
         print(f"load (random weights, built on the GPU): {load_s:.2f} s", flush=True)
     prompt = [list(range(100, 140))]
     for attempt in ("first call", "second call"):
+        before = compiled()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         prof = cProfile.Profile() if args.profile and attempt == "first call" else None
@@ -92,7 +96,22 @@ def main() -> None:
               f"graph capture so far {lm.fast.capture_s:.2f} s, precompile {lm.fast.precompile_s:.2f} s, "
               f"kernels={lm.fast.kernels}, fused={lm.fast.fused})", flush=True)
         if attempt == "first call":
-            print(f"load + first call: {load_s + call_s:.2f} s", flush=True)
+            new = {k: n - before.get(k, 0) for k, n in compiled().items() if n > before.get(k, 0)}
+            print(f"load + first call: {load_s + call_s:.2f} s; kernels compiled during the call: "
+                  f"{', '.join(f'{k} x{n}' for k, n in new.items()) or 'none'}", flush=True)
+
+
+def compiled() -> dict[str, int]:
+    """Specialisations compiled in this process so far, per decodekit kernel."""
+    from decodekit.fast import gemv, kernels, lookup_step, pick, row_copy, token_step
+
+    out = {}
+    for mod in (kernels, gemv, pick, token_step, lookup_step, row_copy, L):
+        for name, fn in vars(mod).items():
+            caches = getattr(fn, "device_caches", None)
+            if name.startswith("_") and name.endswith("_kernel") and caches is not None:
+                out[name] = sum(len(c[0]) for c in caches.values())
+    return out
 
 
 if __name__ == "__main__":

@@ -28,19 +28,21 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import time
 
 import torch
 
 from decodekit.fast import launch as L
 from decodekit.fast import precompile as P
 
-__all__ = ["AHEAD", "CAPACITY", "WIDTHS", "compile_ahead", "stand_in"]
+__all__ = ["AHEAD", "CAPACITY", "WIDTHS", "compile_ahead", "last_error", "last_run", "stand_in"]
 
 AHEAD = os.environ.get("DECODEKIT_COMPILE_AHEAD", "1") != "0"
 WIDTHS = (16, 1)  # a short prompt's prefill (Triton's attention; longer prompts take SDPA), the decode step
 CAPACITY = 512  # the stand-in slab's columns: attention's blocks are the same for any cache up to 1024
 
 last_error: BaseException | None = None  # why the last compile ahead stopped early, if it did (for debugging)
+last_run: dict[str, float] = {}  # the last compile ahead's seconds: stand_in_s, precompile_s, total_s
 
 
 def compile_ahead(config, dtype: torch.dtype, device: torch.device | str) -> threading.Thread | None:
@@ -86,15 +88,20 @@ class _NoTokenizer:
 
 def _run(config, dtype: torch.dtype, device: torch.device) -> None:
     global last_error
+    t0 = time.perf_counter()
+    last_run.clear()
     try:
         from decodekit.fast.path import FastPath, unsupported_reason
         from decodekit.fast.slab import Slab
 
         lm = stand_in(config, dtype, device)
+        last_run["stand_in_s"] = time.perf_counter() - t0
         if unsupported_reason(lm) is not None:
             return
         path = FastPath(lm)
         if path.kernels and path.fused:
-            P.precompile(path, Slab(path, 1, CAPACITY), list(WIDTHS))
+            last_run["precompile_s"] = P.precompile(path, Slab(path, 1, CAPACITY), list(WIDTHS))
     except Exception as e:  # noqa: BLE001 - only a head start: the first call compiles what is missing
         last_error = e
+    finally:
+        last_run["total_s"] = time.perf_counter() - t0
