@@ -48,11 +48,21 @@ last_run: dict[str, float] = {}  # the last compile ahead's seconds: stand_in_s,
 def compile_ahead(config, dtype: torch.dtype, device: torch.device | str) -> threading.Thread | None:
     """Start compiling, on a background thread, the Triton kernels that a model of ``config`` in
     ``dtype`` on ``device`` will launch in a batch-1 prefill and decode (module docstring). Returns the
-    thread, or None where there is nothing to compile ahead (not CUDA, no Triton, turned off)."""
+    thread, or None where there is nothing to compile ahead (not CUDA, no Triton, turned off).
+
+    The stand-in's modules are built here, on the meta device: the imports of the model's code
+    happen on the calling thread, which needs them for the real model next, so two threads never
+    import the same modules at once."""
+    global last_error
     device = torch.device(device)
     if not (AHEAD and P.PRECOMPILE and L.triton is not None and device.type == "cuda"):
         return None
-    thread = threading.Thread(target=_run, args=(config, dtype, device), name="decodekit-compile-ahead",
+    try:
+        skeleton = _skeleton(config)
+    except Exception as e:  # noqa: BLE001 - only a head start (an architecture transformers cannot build)
+        last_error = e
+        return None
+    thread = threading.Thread(target=_run, args=(skeleton, dtype, device), name="decodekit-compile-ahead",
                               daemon=True)
     L.launches_wait_for(thread)
     thread.start()
@@ -63,18 +73,25 @@ def stand_in(config, dtype: torch.dtype, device: torch.device):
     """An :class:`~decodekit.lm.LM` of ``config``'s architecture with one decoder layer, its weights
     allocated on ``device`` in ``dtype`` and left uninitialised (only their shapes, dtypes and layout
     matter to a compile); ``config`` itself is not changed."""
-    from transformers import AutoModelForCausalLM
+    return _on_device(_skeleton(config), dtype, device)
 
-    from decodekit.lm import LM
+
+def _skeleton(config):
+    """``config``'s model with one decoder layer, on the meta device (no memory, no initialisation)."""
+    from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(config)
     cfg.num_hidden_layers = 1
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = list(cfg.layer_types[:1])
     with torch.device("meta"):  # thread-local: other threads' tensors stay where they are
-        model = AutoModelForCausalLM.from_config(cfg)  # no dtype here: that would set torch's global default
-    model = model.to(dtype).to_empty(device=device)
-    return LM(model, _NoTokenizer(), cuda_graphs=True)
+        return AutoModelForCausalLM.from_config(cfg)  # no dtype here: that would set torch's global default
+
+
+def _on_device(skeleton, dtype: torch.dtype, device: torch.device):
+    from decodekit.lm import LM
+
+    return LM(skeleton.to(dtype).to_empty(device=device), _NoTokenizer(), cuda_graphs=True)
 
 
 class _NoTokenizer:
@@ -86,7 +103,7 @@ class _NoTokenizer:
         return ""
 
 
-def _run(config, dtype: torch.dtype, device: torch.device) -> None:
+def _run(skeleton, dtype: torch.dtype, device: torch.device) -> None:
     global last_error
     t0 = time.perf_counter()
     last_run.clear()
@@ -94,7 +111,7 @@ def _run(config, dtype: torch.dtype, device: torch.device) -> None:
         from decodekit.fast.path import FastPath, unsupported_reason
         from decodekit.fast.slab import Slab
 
-        lm = stand_in(config, dtype, device)
+        lm = _on_device(skeleton, dtype, device)
         last_run["stand_in_s"] = time.perf_counter() - t0
         if unsupported_reason(lm) is not None:
             return
