@@ -57,6 +57,7 @@ def compile_ahead(config, dtype: torch.dtype, device: torch.device | str) -> thr
     device = torch.device(device)
     if not (AHEAD and P.PRECOMPILE and L.triton is not None and device.type == "cuda"):
         return None
+    last_error = None  # this run's, not an earlier one's
     try:
         skeleton = _skeleton(config)
     except Exception as e:  # noqa: BLE001 - only a head start (an architecture transformers cannot build)
@@ -107,6 +108,7 @@ def _run(skeleton, dtype: torch.dtype, device: torch.device) -> None:
     global last_error
     t0 = time.perf_counter()
     last_run.clear()
+    last_error = None
     try:
         from decodekit.fast.path import FastPath, unsupported_reason
         from decodekit.fast.slab import Slab

@@ -44,6 +44,15 @@ def test_nothing_starts_off_cuda(monkeypatch):
     assert A.compile_ahead(config, torch.float32, torch.device("cuda")) is None
 
 
+def test_a_run_reports_itself_not_an_earlier_one(monkeypatch):
+    """_run (the thread's body) off CUDA: no kernels to compile, but it builds the stand-in, clears a
+    previous run's error and times itself."""
+    monkeypatch.setattr(A, "last_error", RuntimeError("an earlier run"))
+    A._run(A._skeleton(tiny_model().config), torch.float32, torch.device("cpu"))
+    assert A.last_error is None and {"stand_in_s", "total_s"} <= set(A.last_run)
+    assert "precompile_s" not in A.last_run  # no Triton kernels on the CPU
+
+
 def test_launches_wait_for_a_compile_ahead_thread(monkeypatch):
     monkeypatch.setattr(L, "_ahead", [])
     release, inside = threading.Event(), []
