@@ -14,7 +14,8 @@ today; each path's max abs error is against an fp32 reference with the same roun
 ``--sweep`` adds every (block_o, block_k, num_warps, split_k) of ``--block-o``, ``--block-k``,
 ``--warps`` and ``--split`` (those that make a distinct launch: block_k up to the reduction's power
 of two, split_k up to its block count, rows x block_o x block_k up to ``--max-tile``) and prints the
-best per shape at the end, to tune the defaults (``kernels._gemv_launch``) and ``GEMV_MAX_ELEMENTS``.
+best per shape at the end, to tune the defaults (``kernels._gemv_launch``) and ``GEMV_MAX_ELEMENTS``;
+a launch that fails to compile or run is named and skipped.
 ``--late`` and ``--stages`` sweep the late sum and the pipeline depth; ``--best-json`` writes the best
 launches for ``bench_chain.py --blocks-json``. ``--dry-run`` lists the swept launches without a GPU. Needs CUDA::
 
@@ -169,14 +170,20 @@ def main() -> None:
         e_base = err(base_out, ref)
         times, launches = {}, {}
         for blocks in [{}] + (sweep(args, N, inp) if args.sweep else []):
+            try:
+                t_tri = per_call_us(lambda i: tri(i, **blocks), args.calls, args.replays)
+            except Exception as e:  # noqa: BLE001 - a launch that does not compile or run: say so, go on
+                print(f"{name:13s} {proj:7s} {kernel:15s} {N:2d} {tag(blocks):>14s} failed: {e!r}"[:300], flush=True)
+                continue
             launches[tag(blocks)] = blocks
-            t_tri = times[tag(blocks)] = per_call_us(lambda i: tri(i, **blocks), args.calls, args.replays)
+            times[tag(blocks)] = t_tri
             print(f"{name:13s} {proj:7s} {kernel:15s} {N:2d} {f'{out}x{inp}':>12s} "
                   f"{'yes' if G.gemv_fits(N, out, inp) else 'no':>4s} {tag(blocks):>14s} {t_base:8.2f} "
                   f"{t_tri:9.2f} {t_tri / t_base:6.2f} {e_base:9.2e} {err(tri_out(**blocks), ref):10.2e}", flush=True)
         top = min(times, key=times.get)
         best_blocks[f"{name} {proj} {N}"] = launches[top]
-        best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, times["default"], times[top], top))
+        t_default = times.get("default", math.nan)  # nan: the default launch failed
+        best.append((f"{name} {proj} {kernel} N={N} {out}x{inp}", t_base, t_default, times[top], top))
         base = tri = None  # this case's weights, freed before the next
         torch.cuda.empty_cache()
     if args.sweep:
