@@ -5,6 +5,7 @@ decodekit never contacts a model hub: every load runs with ``local_files_only=Tr
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -84,24 +85,28 @@ def load_model(model: str | os.PathLike | None, *, device=None, dtype: torch.dty
 def _from_pretrained(path: Path, *, device, dtype, on_config=None):
     """The config first (read once: handed to ``on_config`` and to the model's load, which would
     otherwise parse a GGUF file's metadata again), then the tokenizer and the weights. A GGUF file's
+    metadata is parsed once for all three (:func:`~decodekit.gguf_once.parsed_once`), and its
     weights are dequantised into a plain dense model (decodekit's fused forward reads them)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from decodekit.gguf_once import parsed_once
+
     folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
     was_disabled = not hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True, **extra)
-        if on_config is not None:
-            on_config(config)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, config=config, local_files_only=True, dtype=dtype or torch.float32, **extra, **_dense(extra)
-        )
-    finally:
-        if not was_disabled:
-            hf_logging.enable_progress_bar()
+    with parsed_once() if extra else contextlib.nullcontext():  # a GGUF file: its metadata parsed once
+        try:
+            config = AutoConfig.from_pretrained(folder, local_files_only=True, **extra)
+            if on_config is not None:
+                on_config(config)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, config=config, local_files_only=True, dtype=dtype or torch.float32, **extra, **_dense(extra)
+            )
+        finally:
+            if not was_disabled:
+                hf_logging.enable_progress_bar()
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer

@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny random model for fast tests, the embedded default model for parity tests.
 
-The default model is loaded once per session (dequantising the GGUF file takes ~20 s). Set
+The default model is loaded once per session (parsing and dequantising the GGUF file: ~7 s). Set
 DECODEKIT_TEST_MODEL to a local folder holding the same weights to load it faster while developing.
 """
 
