@@ -14,10 +14,11 @@ the default model's load; dequantising the weights is the smaller part.
   handed out as deep copies (callers edit the dicts they get);
 * one tensor-name map per ``(architecture, layers)``.
 
-Outside it nothing is patched. The results are the same objects transformers would build, so the
-loaded model, config and tokenizer are identical (tests/test_gguf_once.py checks this against a
-plain load). If transformers or gguf lack the functions patched here, the load runs as it would
-without decodekit.
+Outside it nothing is patched. Inside, the patches are process-wide: a GGUF load on another thread
+shares them, with the same results, and a second ``parsed_once`` waits for the first to end. The
+results are the same objects transformers would build, so the loaded model, config and tokenizer
+are identical (tests/test_gguf_once.py checks this against a plain load). If transformers or gguf
+lack the functions patched here, the load runs as it would without decodekit.
 
 Example:
     >>> with parsed_once():                                                  # doctest: +SKIP
