@@ -15,7 +15,7 @@ the default model's load; dequantising the weights is the smaller part.
 * one tensor-name map per ``(architecture, layers)``.
 
 Outside it nothing is patched. Inside, the patches are process-wide: a GGUF load on another thread
-shares them, with the same results, and a second ``parsed_once`` waits for the first to end. The
+shares them, with the same results, and a ``parsed_once`` on another thread waits for this one. The
 results are the same objects transformers would build, so the loaded model, config and tokenizer
 are identical (tests/test_gguf_once.py checks this against a plain load). If transformers or gguf
 lack the functions patched here, the load runs as it would without decodekit.
@@ -37,7 +37,7 @@ from contextlib import contextmanager
 
 __all__ = ["parsed_once"]
 
-_lock = threading.Lock()  # one patching context at a time: loads on other threads wait for it
+_lock = threading.RLock()  # one patching context at a time: loads on other threads wait for it
 
 
 @contextmanager

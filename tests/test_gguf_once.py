@@ -69,6 +69,16 @@ def test_nothing_is_shared_outside_and_an_error_restores(stand_ins):
     assert (gguf.GGUFReader, gguf.get_tensor_name_map, mg.load_gguf_checkpoint) == originals
 
 
+def test_nested_on_one_thread_restores_the_originals(stand_ins):
+    calls, originals = stand_ins
+    with GO.parsed_once():
+        outer = gguf.GGUFReader
+        with GO.parsed_once():  # a load inside a load (same thread): no deadlock
+            gguf.GGUFReader("a.gguf")
+        assert gguf.GGUFReader is outer
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map, mg.load_gguf_checkpoint) == originals
+
+
 def test_without_the_patched_functions_the_load_runs_as_is(monkeypatch):
     monkeypatch.delattr(mg, "load_gguf_checkpoint")
     reader = gguf.GGUFReader
