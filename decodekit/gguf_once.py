@@ -49,36 +49,36 @@ def parsed_once() -> Iterator[None]:
     except ImportError:  # no GGUF support installed: nothing to share
         yield
         return
-    originals = {(gguf, "GGUFReader"): getattr(gguf, "GGUFReader", None),
-                 (gguf, "get_tensor_name_map"): getattr(gguf, "get_tensor_name_map", None),
-                 (mg, "load_gguf_checkpoint"): getattr(mg, "load_gguf_checkpoint", None)}
-    if any(fn is None for fn in originals.values()):  # another layout of either library: load as is
-        yield
-        return
-    read, name_map, load = originals.values()
-    readers: dict[str, object] = {}
-    metadata: dict[str, dict] = {}
+    with _lock:  # the originals are read under the lock: another thread's patches are never taken for them
+        originals = {(gguf, "GGUFReader"): getattr(gguf, "GGUFReader", None),
+                     (gguf, "get_tensor_name_map"): getattr(gguf, "get_tensor_name_map", None),
+                     (mg, "load_gguf_checkpoint"): getattr(mg, "load_gguf_checkpoint", None)}
+        if any(fn is None for fn in originals.values()):  # another layout of either library: load as is
+            yield
+            return
+        read, name_map, load = originals.values()
+        readers: dict[str, object] = {}
+        metadata: dict[str, dict] = {}
 
-    def shared_reader(path, *args, **kwargs):
-        if args or kwargs:  # a mode other than the default read-only one
-            return read(path, *args, **kwargs)
-        key = os.fspath(path)
-        if key not in readers:
-            readers[key] = read(path)
-        return readers[key]
+        def shared_reader(path, *args, **kwargs):
+            if args or kwargs:  # a mode other than the default read-only one
+                return read(path, *args, **kwargs)
+            key = os.fspath(path)
+            if key not in readers:
+                readers[key] = read(path)
+            return readers[key]
 
-    def shared_metadata(path, return_tensors=False, *args, **kwargs):
-        if return_tensors or args or kwargs:  # the weights pass: its own (it reuses the reader)
-            return load(path, return_tensors, *args, **kwargs)
-        key = os.fspath(path)
-        if key not in metadata:
-            metadata[key] = load(path, False)
-        return copy.deepcopy(metadata[key])
+        def shared_metadata(path, return_tensors=False, *args, **kwargs):
+            if return_tensors or args or kwargs:  # the weights pass: its own (it reuses the reader)
+                return load(path, return_tensors, *args, **kwargs)
+            key = os.fspath(path)
+            if key not in metadata:
+                metadata[key] = load(path, False)
+            return copy.deepcopy(metadata[key])
 
-    patches = {(gguf, "GGUFReader"): shared_reader,
-               (gguf, "get_tensor_name_map"): functools.lru_cache(maxsize=None)(name_map),
-               (mg, "load_gguf_checkpoint"): shared_metadata}
-    with _lock:
+        patches = {(gguf, "GGUFReader"): shared_reader,
+                   (gguf, "get_tensor_name_map"): functools.lru_cache(maxsize=None)(name_map),
+                   (mg, "load_gguf_checkpoint"): shared_metadata}
         for (module, name), fn in patches.items():
             setattr(module, name, fn)
         try:

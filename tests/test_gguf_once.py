@@ -79,6 +79,28 @@ def test_nested_on_one_thread_restores_the_originals(stand_ins):
     assert (gguf.GGUFReader, gguf.get_tensor_name_map, mg.load_gguf_checkpoint) == originals
 
 
+def test_a_load_on_another_thread_waits_and_restores_the_originals(stand_ins):
+    """Thread B enters while A is inside: B waits, and on leaving puts back the real functions (not
+    A's patches, which it must not take for the originals)."""
+    import threading
+
+    calls, originals = stand_ins
+    b_inside, b_done = threading.Event(), threading.Event()
+
+    def b():
+        with GO.parsed_once():
+            b_inside.set()
+        b_done.set()
+
+    with GO.parsed_once():
+        thread = threading.Thread(target=b)
+        thread.start()
+        assert not b_inside.wait(0.2)  # B waits for A
+    thread.join(10)
+    assert b_done.is_set()
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map, mg.load_gguf_checkpoint) == originals
+
+
 def test_without_the_patched_functions_the_load_runs_as_is(monkeypatch):
     monkeypatch.delattr(mg, "load_gguf_checkpoint")
     reader = gguf.GGUFReader
