@@ -16,8 +16,7 @@ today; each path's max abs error is against an fp32 reference with the same roun
 of two, split_k up to its block count, rows x block_o x block_k up to ``--max-tile``) and prints the
 best per shape at the end, to tune the defaults (``kernels._gemv_launch``) and ``GEMV_MAX_ELEMENTS``;
 a launch that fails to compile or run is named and skipped.
-``--late`` and ``--stages`` sweep the late sum and the pipeline depth, ``--flat`` the
-flattened-lanes kernel (``gemv.FLAT``); ``--best-json`` writes the best
+``--late`` and ``--stages`` sweep the late sum and the pipeline depth; ``--best-json`` writes the best
 launches for ``bench_chain.py --blocks-json``. ``--dry-run`` lists the swept launches without a GPU. Needs CUDA::
 
     python benchmarks/bench_gemv.py
@@ -104,24 +103,18 @@ def sweep(args: argparse.Namespace, N: int, inp: int) -> list[dict]:
     full = 1 << (inp - 1).bit_length()
     bn = 1 << (N - 1).bit_length()
     ks = sorted({full if k == "full" else int(k) for k in args.block_k.split(",")})
-    flats = ints(args.flat)
     return [dict(block_o=o, block_k=k, num_warps=w, split_k=sk, late=bool(late), num_stages=st)
             for o in ints(args.block_o) for k in ks if k <= full and bn * o * k <= args.max_tile
             for sk in ints(args.split) if sk == 1 or sk <= math.ceil(inp / k)
             for w in ints(args.warps)
             for late in ints(args.late) if not late or k < inp  # late sums matter with several tiles
-            for st in ints(args.stages)] * (0 in flats) + [
-        dict(flat=True, block_o=o, block_k=k, num_warps=w)  # _gemv_flat_kernel: no split, late or stages
-        for o in ints(args.block_o) for k in ks if k <= full and bn * o * k <= args.max_tile
-        for w in ints(args.warps)] * (1 in flats)
+            for st in ints(args.stages)]
 
 
 def tag(blocks: dict) -> str:
     """``block_o x block_k w num_warps s split_k``, or "default"."""
     if not blocks:
         return "default"
-    if blocks.get("flat"):
-        return f"F{blocks['block_o']}x{blocks['block_k']}w{blocks['num_warps']}"
     return (f"{blocks['block_o']}x{blocks['block_k']}w{blocks['num_warps']}s{blocks['split_k']}"
             f"{'L' if blocks.get('late') else ''}n{blocks.get('num_stages')}")
 
@@ -141,8 +134,6 @@ def main() -> None:
     p.add_argument("--warps", default="1,2,4,8", help="sweep: num_warps")
     p.add_argument("--split", default="1,2,4", help="sweep: split_k (programs along the reduction)")
     p.add_argument("--late", default="0", help="sweep: 0 (sum each tile), 1 (sum once at the end), or 0,1")
-    p.add_argument("--flat", default="0", help="sweep: 0 (the [rows, block_o, block_k] kernel), 1 (the "
-                   "flattened-lanes kernel: block_o, block_k, warps only), or 0,1")
     p.add_argument("--stages", default="3", help="sweep: num_stages (the loop's software pipeline depth)")
     p.add_argument("--max-tile", type=int, default=65536, help="sweep: at most rows x block_o x block_k")
     p.add_argument("--best-json", help="sweep: write the best launch per (shape, projection, rows) here, for "

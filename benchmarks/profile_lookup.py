@@ -39,19 +39,7 @@ VARIANTS = {
     "kernel-tail": [(GP, "LOOKUP_STEP", True)],
     "gemv-verify-8": [(G, "GEMV_FIT_ROWS", 8)],
     "gemv-head": [(G, "GEMV_HEAD", True)],
-    "flat": [(G, "FLAT", True)],  # the GEMV kernels' flattened-lanes variant
 }
-
-
-def flat_blocks(variant: str) -> list[tuple]:
-    """``flat:OxKwW``: the flattened-lanes GEMV kernel with O outputs a program, K-column tiles, W warps."""
-    if not variant.startswith("flat:"):
-        raise SystemExit(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)} or flat:OxKwW")
-    o, rest = variant[5:].split("x")
-    k, w = rest.split("w")
-    return [(G, "FLAT", True), (G, "FLAT_BLOCKS", dict(block_o=int(o), block_k=int(k), num_warps=int(w)))]
-
-
 TAILS: dict[str, tuple] = {}  # the last captured step tail of each decode kind, its forward's inputs, its state
 
 
@@ -105,8 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drafts", default="4,8", help="fixed draft widths to profile")
     ap.add_argument("--tokens", type=int, default=192)
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma list of {', '.join(VARIANTS)}, flat:OxKwW (the flattened-lanes GEMV kernel's launch)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--kernels", type=int, default=0, metavar="N",
                     help="also list each forward graph's N costliest kernels (by name: time, launches)")
     args = ap.parse_args()
@@ -130,7 +117,7 @@ def main() -> None:
         (f"lookup {k}", "prompt_lookup", dict(draft_policy="schedule", draft_tokens=k, adaptive=False))
         for k in map(int, args.drafts.split(","))]
     for variant in args.variants.split(","):
-        flags = VARIANTS[variant] if variant in VARIANTS else flat_blocks(variant)
+        flags = VARIANTS[variant]
         for mod, name, value in flags:
             setattr(mod, name, value)
         lm.fast = FastPath(lm)  # graphs captured anew under these settings

@@ -58,8 +58,6 @@ GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest "small" weight: up to G
 GEMV_LARGE = True
 LARGE_BLOCKS: GemvLaunch = dict(block_o=8, block_k=1024, late=True)  # the large-weight launch (bench_gemv.py --sweep)
 GEMV_O_PROJ = True  # the output projection as linear_add_ instead of cuBLAS addmm_ (no kernel saved; faster)
-FLAT = False  # small weights through _gemv_flat_kernel (launch option flat=...)
-FLAT_BLOCKS = dict(block_o=4, block_k=256, num_warps=4)  # its default launch
 GEMV_HEAD = False  # the final norm and the output head as one norm_linear (slower than cuBLAS at one row)
 GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head it takes
 
@@ -67,20 +65,15 @@ GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head
 if triton is not None:
 
     @triton.jit
-    def _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr,
-                   G2D: tl.constexpr = False):
+    def _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr):
         """The activation ``[BN, BK]`` of rows ``n`` at columns ``k``, rounded to w's dtype as the kernels
-        the GEMV kernels replace round it (rms_norm, silu_mul), then in fp32. ``G2D``: the norm
-        weight is loaded for every row (in the tile's own layout: no trip through shared memory)."""
+        the GEMV kernels replace round it (rms_norm, silu_mul), then in fp32."""
         m = nm[:, None] & km[None, :]
         src = a + n[:, None] * s_a + k[None, :]
         v = tl.load(src, mask=m, other=0.0).to(tl.float32)
         if NORM:  # a = x: the normalised rows times the norm weight (r: each row's 1 / rms)
-            if G2D:
-                gk = tl.load(g + k[None, :] + 0 * n[:, None], mask=km[None, :], other=0.0).to(tl.float32)
-            else:
-                gk = tl.load(g + k, mask=km, other=0.0).to(tl.float32)[None, :]
-            v = (v * r[:, None] * gk).to(w.dtype.element_ty)
+            gk = tl.load(g + k, mask=km, other=0.0).to(tl.float32)
+            v = (v * r[:, None] * gk[None, :]).to(w.dtype.element_ty)
         elif ACT:  # a = [gate | up], K = ff
             up = tl.load(src + K, mask=m, other=0.0).to(tl.float32)
             v = (v / (1.0 + tl.exp(-v)) * up).to(w.dtype.element_ty)
@@ -169,55 +162,6 @@ if triton is not None:
             _gemv_store(acc, bias, out, n, nm, o, om, s_out, ADD, HAS_BIAS)
 
 
-    # rows flattened with the output features: one 2-D tile [BN * BO, BK] whose layout along the
-    # reduction does not depend on the rows (bitwise the same result for a row alone or among others)
-    @triton.jit(do_not_specialize=["N"])
-    def _gemv_flat_kernel(a, g, w, bias, out, N, OUT, eps, s_a, s_w, s_out, K: tl.constexpr, NORM: tl.constexpr,
-                          ACT: tl.constexpr, ADD: tl.constexpr, HAS_BIAS: tl.constexpr, BN: tl.constexpr,
-                          BO: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
-        """``out (+)= act(a) @ w.T (+ bias)`` as :func:`_gemv_kernel`, without the ``[BN, BO, BK]``
-        products: lane ``j`` of the program's ``BN * BO`` lanes is (row ``j // BO``, output feature
-        ``j % BO``), the products of each reduction tile accumulate element-wise in ``[BN * BO, BK]``
-        and each lane is summed once at the end. A tile of at most 32 x 8 columns stays inside a warp
-        (the warps take lanes), so the sum needs no shared memory; each weight element is loaded once
-        per row (the repeats hit L1). The whole reduction in one program (no split-K)."""
-        po = tl.program_id(0)
-        j = tl.arange(0, BN * BO)  # [R]: lanes
-        n = j // BO  # [R]: rows, the first N real
-        nm = n < N
-        o = po * BO + j % BO  # [R]: output features
-        om = o < OUT
-        k = tl.arange(0, BK)  # [BK]: the first tile's columns
-        km = k < K
-        wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)  # [R, BK]
-        if PDL:  # as _gemv_kernel: weights before the wait, the previous kernel's outputs after it
-            gdc_wait()
-            gdc_launch_dependents()
-        r = tl.zeros([BN * BO], tl.float32)
-        if NORM:  # each row's sum of squares over all of d
-            ss = tl.zeros([BN * BO, BK], tl.float32)
-            for k0 in range(0, K, BK):
-                kk = k0 + tl.arange(0, BK)
-                v = tl.load(a + n[:, None] * s_a + kk[None, :], mask=nm[:, None] & (kk < K)[None, :], other=0.0)
-                v = v.to(tl.float32)
-                ss += v * v
-            r = tl.rsqrt(tl.sum(ss, 1) / K + eps)
-        acc = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT, True) * wt.to(tl.float32)  # [R, BK]
-        for k0 in range(BK, K, BK):  # the first tile is done above
-            k = k0 + tl.arange(0, BK)
-            km = k < K
-            wt = tl.load(w + o[:, None] * s_w + k[None, :], mask=om[:, None] & km[None, :], other=0.0)
-            acc += _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT, True) * wt.to(tl.float32)
-        res = tl.sum(acc, 1, keep_dims=True)  # [R, 1]: stored from the tile's layout, no shared memory
-        if HAS_BIAS:
-            res += tl.load(bias + o[:, None], mask=om[:, None], other=0.0).to(tl.float32)
-        m = (nm & om)[:, None]
-        dst = out + n[:, None] * s_out + o[:, None]  # each program owns its output features: no race
-        if ADD:
-            res += tl.load(dst, mask=m, other=0.0).to(tl.float32)
-        tl.store(dst, res.to(out.dtype.element_ty), mask=m)
-
-
 class GemvLaunch(TypedDict, total=False):
     """How a GEMV kernel is launched, for benchmarks and tests (each left out: :func:`_gemv_launch`'s
     default rule)."""
@@ -229,7 +173,6 @@ class GemvLaunch(TypedDict, total=False):
     late: bool  # sum the products once after the last tile (large weights) rather than tile by tile
     num_stages: int  # the tile loop's software-pipeline depth
     pdl: bool  # programmatic dependent launch (default: where the GPU supports it)
-    flat: bool  # the flattened-lanes kernel (_gemv_flat_kernel): no split-K, no late/stages choice
 
 
 def gemv_fits(tokens: int, out_features: int, in_features: int) -> bool:
@@ -266,7 +209,7 @@ def head_fits(tokens: int, vocab: int, hidden: int) -> bool:
 def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o: int | None = None,
                  block_k: int | None = None, num_warps: int | None = None, split_k: int | None = None,
                  late: bool | None = None, num_stages: int | None = None,
-                 pdl: bool | None = None, flat: bool | None = None) -> tuple[tuple[int, ...], dict]:
+                 pdl: bool | None = None) -> tuple[tuple[int, int], dict]:
     """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
 
     Default rule, from H200 sweeps (bf16, cold L2; ``benchmarks/bench_gemv.py --sweep``). Small
@@ -281,9 +224,7 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     """
     N = x.shape[0]
     out_features, in_features = weight.shape
-    small = out_features * in_features <= GEMV_MAX_ELEMENTS
-    flat = (FLAT and small) if flat is None else flat
-    if not small and not flat:  # LARGE_BLOCKS fills in what the call leaves out
+    if out_features * in_features > GEMV_MAX_ELEMENTS:  # LARGE_BLOCKS fills in what the call leaves out
         block_o, block_k = block_o or LARGE_BLOCKS.get("block_o"), block_k or LARGE_BLOCKS.get("block_k")
         split_k = LARGE_BLOCKS.get("split_k") if split_k is None else split_k
         late = LARGE_BLOCKS.get("late") if late is None else late
@@ -291,11 +232,6 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
         raise ValueError(f"decodekit.fast: {N} rows for a GEMV kernel (at most {GEMV_MAX_ROWS})")
     if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:
         raise ValueError("decodekit.fast: GEMV kernels need one dtype and contiguous last dims")
-    if flat:  # _gemv_flat_kernel
-        block_o, block_k = block_o or FLAT_BLOCKS["block_o"], block_k or FLAT_BLOCKS["block_k"]
-        return (triton.cdiv(out_features, block_o),), dict(
-            K=in_features, BN=pow2(N), BO=block_o, BK=min(block_k, pow2(in_features)),
-            num_warps=num_warps or FLAT_BLOCKS["num_warps"], **pdl_meta(x.device, pdl))
     block_o = block_o or 4
     block_k = block_k or min(pow2(in_features), GEMV_BLOCK_K)
     blocks_o, blocks_k = triton.cdiv(out_features, block_o), triton.cdiv(in_features, block_k)
@@ -314,11 +250,6 @@ def _gemv(a: torch.Tensor, g: torch.Tensor | None, eps: float, weight: torch.Ten
           out: torch.Tensor, norm: bool, act: bool, add: bool, launch_kw: GemvLaunch) -> torch.Tensor:
     """Launch :func:`_gemv_kernel`: ``out [N, out_features] (+)= act(a) @ weight.T (+ bias)``."""
     grid, meta = _gemv_launch(out, weight, a, **launch_kw)
-    if len(grid) == 1:  # the flattened-lanes kernel
-        launch(_gemv_flat_kernel, grid, a, weight if g is None else g, weight, weight if bias is None else bias,
-               out, out.shape[0], weight.shape[0], eps, a.stride(0), weight.stride(0), out.stride(0),
-               NORM=norm, ACT=act, ADD=add, HAS_BIAS=bias is not None, **meta)
-        return out
     part = tickets = weight  # unused without split-K
     if meta["SPLIT"] > 1:
         part = torch.empty(meta["SPLIT"], meta["BN"], out.shape[1], dtype=torch.float32, device=out.device)

@@ -202,15 +202,14 @@ def _rows(N: int, width: int, dtype, g) -> torch.Tensor:  # [N, width], rows 9 e
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("N,d,out,block_k", [(1, 72, 200, None), (3, 72, 200, None), (5, 72, 200, 32),
                                              (16, 40, 24, 16)])
-@pytest.mark.parametrize("late,flat", [(False, False), (True, False), (None, True)],
-                         ids=["sum-each-tile", "sum-late", "flat"])
-def test_norm_linear(dtype, bias, N, d, out, block_k, late, flat):
+@pytest.mark.parametrize("late", [False, True], ids=["sum-each-tile", "sum-late"])
+def test_norm_linear(dtype, bias, N, d, out, block_k, late):
     g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + d)
     x = _rows(N, d, dtype, g)  # [N, d]
     norm_w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(dtype)
     w = torch.randn(out, d, generator=g, device=DEVICE).to(dtype)
     b = torch.randn(out, generator=g, device=DEVICE).to(dtype) if bias else None
-    got = G.norm_linear(x, norm_w, EPS, w, b, block_k=block_k, late=late, flat=flat)  # [N, out]
+    got = G.norm_linear(x, norm_w, EPS, w, b, block_k=block_k, late=late)  # [N, out]
     want = F.linear(_norm_ref(x, norm_w), w.float(), None if b is None else b.float())
     assert got.shape == (N, out) and got.dtype == dtype
     assert _rel(got, want) < TOL[dtype]
@@ -218,15 +217,14 @@ def test_norm_linear(dtype, bias, N, d, out, block_k, late, flat):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,d,ff,block_k", [(1, 72, 100, None), (3, 72, 100, None), (5, 72, 300, 64), (16, 24, 40, 16)])
-@pytest.mark.parametrize("late,flat", [(False, False), (True, False), (None, True)],
-                         ids=["sum-each-tile", "sum-late", "flat"])
-def test_act_linear_add_(dtype, N, d, ff, block_k, late, flat):
+@pytest.mark.parametrize("late", [False, True], ids=["sum-each-tile", "sum-late"])
+def test_act_linear_add_(dtype, N, d, ff, block_k, late):
     g = torch.Generator(device=DEVICE).manual_seed(N * 1000 + ff)
     x = torch.randn(N + 2, d, generator=g, device=DEVICE).to(dtype)  # rows past N must stay as they are
     x0 = x.clone()
     gate_up = _rows(N, 2 * ff, dtype, g)  # [N, 2 * ff]
     w = torch.randn(d, ff, generator=g, device=DEVICE).to(dtype)
-    assert G.act_linear_add_(x[:N], gate_up, w, block_k=block_k, late=late, flat=flat).data_ptr() == x.data_ptr()
+    assert G.act_linear_add_(x[:N], gate_up, w, block_k=block_k, late=late).data_ptr() == x.data_ptr()
     act = (F.silu(gate_up[:, :ff].float()) * gate_up[:, ff:].float()).to(dtype).float()  # silu_mul's rounding
     want = x0[:N].float() + act @ w.float().T
     assert _rel(x[:N], want) < TOL[dtype]
@@ -235,8 +233,7 @@ def test_act_linear_add_(dtype, N, d, ff, block_k, late, flat):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
-@pytest.mark.parametrize("flat", [False, True], ids=["3d", "flat"])
-def test_linear_add_(dtype, bias, flat):
+def test_linear_add_(dtype, bias):
     g = torch.Generator(device=DEVICE).manual_seed(5)
     N, d, k = 5, 72, 200
     x = torch.randn(N, d, generator=g, device=DEVICE).to(dtype)
@@ -244,7 +241,7 @@ def test_linear_add_(dtype, bias, flat):
     a = _rows(N, k, dtype, g)  # [N, k]
     w = torch.randn(d, k, generator=g, device=DEVICE).to(dtype)
     b = torch.randn(d, generator=g, device=DEVICE).to(dtype) if bias else None
-    assert G.linear_add_(x, a, w, b, flat=flat) is x
+    assert G.linear_add_(x, a, w, b) is x
     want = x0.float() + F.linear(a.float(), w.float(), None if b is None else b.float())
     assert _rel(x, want) < TOL[dtype]
 
@@ -286,14 +283,11 @@ def test_gemv_large_weight_launch(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("flat", [False, True], ids=["3d", "flat"])
-def test_gemv_rows_are_independent(dtype, flat, monkeypatch):
+def test_gemv_rows_are_independent(dtype):
     """A row's result is the same bits whatever the rows beside it and however many there are (each
-    program reduces every row alone): a token's projections in a 4-token step equal a 1-token step's
-    (the flattened-lanes kernel: in an 8-token step; d = 600 takes three 256-column tiles)."""
-    monkeypatch.setattr(G, "FLAT", flat)
+    program reduces every row alone): a token's projections in a 4-token step equal a 1-token step's."""
     g = torch.Generator(device=DEVICE).manual_seed(21)
-    limit, d, out, ff = (8, 600, 40, 300) if flat else (G.GEMV_FIT_ROWS, 72, 200, 100)
+    limit, d, out, ff = G.GEMV_FIT_ROWS, 72, 200, 100
     x = torch.randn(limit, d, generator=g, device=DEVICE).to(dtype)
     norm_w = (1 + torch.randn(d, generator=g, device=DEVICE)).to(dtype)
     w = torch.randn(out, d, generator=g, device=DEVICE).to(dtype)
