@@ -12,13 +12,16 @@ Variants, each one graph replayed ``--replays`` times (CUDA events, the median):
 * ``gemv+pdl``: the same with programmatic dependent launch (each kernel's programs load their
   first weight tile while the kernel before finishes);
 * with ``--blocks-json`` (``bench_gemv.py --sweep --best-json``): ``tuned`` and ``tuned+pdl``, the
-  GEMV kernels with the sweep's best launch per projection.
+  GEMV kernels with the sweep's best launch per projection;
+* with ``--persistent``: the whole chain as one persistent kernel (``persistent_chain.py``, a
+  feasibility probe: one program per SM, grid-wide barriers between the phases).
 
 Printed: microseconds per layer, the GB/s this makes of the weights' bytes, the ratio to the
 ``cublas`` chain, and the largest difference of the final residual from ``gemv`` (``gemv+pdl`` must
 be 0: the same arithmetic). Needs CUDA::
 
     python benchmarks/bench_chain.py --shape llama-3.1-8b
+    python benchmarks/bench_chain.py --shape smollm2-135m --layers 30 --rows 8 --persistent 8.8.32.8:64:4
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ from decodekit.fast import launch as L  # noqa: E402
 
 def chain(variant: str, x: torch.Tensor, layers: list[dict], hq: int, blocks: dict) -> None:
     """One pass over ``layers``, updating the residual ``x [N, d]`` in place (``blocks``: projection ->
-    the GEMV kernels' launch keywords, for the ``tuned`` variants)."""
+    the GEMV kernels' launch keywords, for the ``tuned`` variants; "persistent ..." -> its
+    :class:`persistent_chain.PersistentChain`)."""
+    if variant.startswith("persistent"):  # one launch for all the layers (persistent_chain.py)
+        blocks[variant](x)
+        return
     pdl = variant.endswith("+pdl")
     b = blocks if variant.startswith("tuned") else {}
     for w in layers:
@@ -67,6 +74,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds over the variants, interleaved")
     p.add_argument("--blocks-json", help="bench_gemv.py --best-json output: adds the variants tuned and "
                    "tuned+pdl, the GEMV kernels with the best launch per projection for this shape and rows")
+    p.add_argument("--persistent", default="", metavar="O.O.O.O:K:W,...",
+                   help="adds the variants 'persistent O.O.O.O:K:W' (persistent_chain.py: the chain as one "
+                        "persistent kernel, with O output features a block for q/k/v, o, gate/up, down, K-column "
+                        "tiles, W warps), e.g. 8.8.32.8:64:4")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_chain.py needs CUDA")
@@ -92,6 +103,13 @@ def main() -> None:
                 blocks[proj] = launch
         print(f"tuned launches: {blocks}")
         variants += ["tuned", "tuned+pdl"]
+    for spec in filter(None, args.persistent.split(",")):
+        from persistent_chain import PersistentChain
+
+        bo, bk, warps = spec.split(":")
+        blocks[f"persistent {spec}"] = PersistentChain(layers, EPS, h * hd, blocks=tuple(map(int, bo.split("."))),
+                                                       block_k=int(bk), num_warps=int(warps))
+        variants.append(f"persistent {spec}")
     finals, graphs, xs = {}, {}, {}
     for v in variants:
         xs[v] = x0.clone()
@@ -120,7 +138,7 @@ def main() -> None:
     for v in variants:
         us = sorted(times[v])[len(times[v]) // 2]
         diff = float((finals[v].float() - finals["gemv"].float()).abs().max())
-        print(f"{v:9s} {us:8.2f} us/layer  {weight_bytes / args.layers / us / 1e3:7.0f} GB/s  "
+        print(f"{v:28s} {us:8.2f} us/layer  {weight_bytes / args.layers / us / 1e3:7.0f} GB/s  "
               f"ratio {us / base:5.3f}  max |x - gemv's| {diff:.3g}")
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["GemvLaunch", "act_linear_add_", "gemv_fits", "head_fits", "linear_add_", "norm_linear"]
 
 # the GEMV kernels (norm_linear, act_linear_add_, linear_add_; benchmarks/bench_gemv.py). Per call on
-# an H200 (bf16, cold L2, default blocks), against RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x
+# an H200 (bf16, cold L2, 4 outputs a program), against RMSNorm / SiLU-and-mul + cuBLAS: at 1 row 0.5-0.75x
 # for SmolLM2's shapes (q/k/v 2.6 vs 4.9 us, down 3.4 vs 6.9 us, o 2.7 vs 3.7 us) and 0.8-1.15x for
 # Llama-3.2-1B's; at 4 rows 0.7-1.05x for SmolLM2's; at 16 rows 1.5-20x slower (each program's work
 # grows with the rows): so they take decode steps of up to GEMV_FIT_ROWS tokens, verify steps keep cuBLAS
@@ -50,6 +50,7 @@ GEMV = True
 GEMV_FIT_ROWS = 4  # tokens per call (rows x step width) up to which gemv_fits chooses them
 GEMV_MAX_ROWS = 16  # the most tokens per call the kernels take: each program keeps [rows, block_o] sums
 GEMV_BLOCK_K = 2048  # the default reduction block's largest size (a whole reduction up to it)
+GEMV_BLOCK_O = 8  # the default output features a program (small weights; was 4: _gemv_launch)
 GEMV_MAX_ELEMENTS = 8 * 2**20  # out x in of the largest "small" weight: up to GEMV_FIT_ROWS rows, small blocks
 # larger weights (Llama-3.1-8B's, and Llama-3.2-1B's gate/up and down) at one row: the large-weight
 # launch (LARGE_BLOCKS). Chained over an 8B layer's projections on an H200 (bench_chain.py) with
@@ -65,17 +66,19 @@ GEMV_HEAD_MAX_ELEMENTS = 64 * 2**20  # vocab x hidden of the largest output head
 if triton is not None:
 
     @triton.jit
-    def _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr):
+    def _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K: tl.constexpr, NORM: tl.constexpr, ACT: tl.constexpr,
+                   L2: tl.constexpr = False):
         """The activation ``[BN, BK]`` of rows ``n`` at columns ``k``, rounded to w's dtype as the kernels
-        the GEMV kernels replace round it (rms_norm, silu_mul), then in fp32."""
+        the GEMV kernels replace round it (rms_norm, silu_mul), then in fp32 (``L2``: loaded from L2,
+        not L1, where other programs of the same launch wrote ``a``)."""
         m = nm[:, None] & km[None, :]
         src = a + n[:, None] * s_a + k[None, :]
-        v = tl.load(src, mask=m, other=0.0).to(tl.float32)
+        v = tl.load(src, mask=m, other=0.0, cache_modifier=".cg" if L2 else "").to(tl.float32)
         if NORM:  # a = x: the normalised rows times the norm weight (r: each row's 1 / rms)
             gk = tl.load(g + k, mask=km, other=0.0).to(tl.float32)
             v = (v * r[:, None] * gk[None, :]).to(w.dtype.element_ty)
         elif ACT:  # a = [gate | up], K = ff
-            up = tl.load(src + K, mask=m, other=0.0).to(tl.float32)
+            up = tl.load(src + K, mask=m, other=0.0, cache_modifier=".cg" if L2 else "").to(tl.float32)
             v = (v / (1.0 + tl.exp(-v)) * up).to(w.dtype.element_ty)
         return v.to(tl.float32)
 
@@ -213,11 +216,14 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
     """Checks, grid and launch parameters shared by the GEMV kernels (``a``: the rows they reduce over).
 
     Default rule, from H200 sweeps (bf16, cold L2; ``benchmarks/bench_gemv.py --sweep``). Small
-    weights (SmolLM2-135M's and Llama-3.2-1B's shapes at 1, 4 and 16 rows): 4 output features a
-    program, however many programs that makes; the whole reduction in one block up to 2048 columns
-    (blocks of 2048 past that); split-K only where the output blocks are fewer than 128 and the
-    reduction takes several blocks; 4 warps. Smaller reduction blocks, more outputs a program and
-    split-K were slower or within a few percent. Weights past :data:`GEMV_MAX_ELEMENTS`
+    weights (SmolLM2-135M's and Llama-3.2-1B's shapes at 1, 4 and 16 rows): :data:`GEMV_BLOCK_O`
+    (8) output features a program, however many programs that makes; the whole reduction in one
+    block up to 2048 columns (blocks of 2048 past that); split-K only where the output blocks are
+    fewer than 128 and the reduction takes several blocks; 4 warps. Smaller reduction blocks and
+    split-K were slower or within a few percent. 8 outputs a program rather than 4: SmolLM2's
+    layer chain with programmatic dependent launch (``bench_chain.py``) took 9.00 / 15.73 us a layer
+    at 1 / 4 rows against 9.23 / 16.85, the 1B shape's 43.42 against 44.35 at one row (at 8 rows,
+    where verify steps keep cuBLAS, 27.13 against 24.12). Weights past :data:`GEMV_MAX_ELEMENTS`
     (Llama-3.1-8B's at one row): :data:`LARGE_BLOCKS`, 8 output features a program and blocks of
     1024 columns summed late (0.78-1.01x cuBLAS's time per projection, where the small rule took
     0.93-1.20x).
@@ -232,7 +238,7 @@ def _gemv_launch(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, block_o
         raise ValueError(f"decodekit.fast: {N} rows for a GEMV kernel (at most {GEMV_MAX_ROWS})")
     if not x.dtype == a.dtype == weight.dtype or x.stride(-1) != 1 or a.stride(-1) != 1 or weight.stride(-1) != 1:
         raise ValueError("decodekit.fast: GEMV kernels need one dtype and contiguous last dims")
-    block_o = block_o or 4
+    block_o = block_o or GEMV_BLOCK_O
     block_k = block_k or min(pow2(in_features), GEMV_BLOCK_K)
     blocks_o, blocks_k = triton.cdiv(out_features, block_o), triton.cdiv(in_features, block_k)
     if split_k is None:

@@ -327,13 +327,13 @@ def test_gemv_split_k_is_reproducible(split_k):
 
 
 def test_gemv_default_blocks():
-    """The default launch: 4 outputs a program, the whole reduction in one block up to 2048 columns,
+    """The default launch: 8 outputs a program, the whole reduction in one block up to 2048 columns,
     split-K only for few output blocks over several reduction blocks."""
     w = torch.empty(960, 576)
     grid, meta = G._gemv_launch(torch.empty(3, 960), w, torch.empty(3, 576), None, None, None, None)
-    assert grid == (240, 1) and (meta["BO"], meta["BK"], meta["KS"], meta["BN"]) == (4, 1024, 1024, 4)
+    assert grid == (120, 1) and (meta["BO"], meta["BK"], meta["KS"], meta["BN"]) == (8, 1024, 1024, 4)
     grid, meta = G._gemv_launch(torch.empty(1, 96), torch.empty(96, 8192), torch.empty(1, 8192), None, None, None, None)
-    assert grid == (24, 4) and (meta["BK"], meta["KS"], meta["SPLIT"]) == (2048, 2048, 4)
+    assert grid == (12, 4) and (meta["BK"], meta["KS"], meta["SPLIT"]) == (2048, 2048, 4)
     grid, meta = G._gemv_launch(torch.empty(1, 96), torch.empty(96, 300), torch.empty(1, 300), 8, 64, 1, 2)
     assert grid == (12, 2) and (meta["KS"], meta["num_warps"]) == (192, 1)  # 5 blocks: 3 + 2
     assert meta["PDL"] is False and "launch_pdl" not in meta  # no programmatic dependent launch on the CPU
