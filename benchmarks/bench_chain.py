@@ -27,6 +27,7 @@ be 0: the same arithmetic). Needs CUDA::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -44,11 +45,7 @@ from decodekit.fast import launch as L  # noqa: E402
 
 def chain(variant: str, x: torch.Tensor, layers: list[dict], hq: int, blocks: dict) -> None:
     """One pass over ``layers``, updating the residual ``x [N, d]`` in place (``blocks``: projection ->
-    the GEMV kernels' launch keywords, for the ``tuned`` variants; "persistent ..." -> its
-    :class:`persistent_chain.PersistentChain`)."""
-    if variant.startswith("persistent"):  # one launch for all the layers (persistent_chain.py)
-        blocks[variant](x)
-        return
+    the GEMV kernels' launch keywords, for the ``tuned`` variants)."""
     pdl = variant.endswith("+pdl")
     b = blocks if variant.startswith("tuned") else {}
     for w in layers:
@@ -79,6 +76,16 @@ def main() -> None:
                         "persistent kernel, with O output features a block for q/k/v, o, gate/up, down, K-column "
                         "tiles, W warps), e.g. 8.8.32.8:64:4")
     args = p.parse_args()
+    persistent = {}  # spec -> PersistentChain's launch keywords
+    for spec in filter(None, args.persistent.split(",")):
+        try:
+            bo, bk, warps = spec.split(":")
+            persistent[spec] = kw = dict(blocks=tuple(int(o) for o in bo.split(".")), block_k=int(bk),
+                                         num_warps=int(warps))
+            if len(kw["blocks"]) != 4:
+                raise ValueError
+        except ValueError:
+            p.error(f"--persistent {spec!r}: want O.O.O.O:K:W, e.g. 8.8.32.8:64:4")
     if not torch.cuda.is_available():
         sys.exit("bench_chain.py needs CUDA")
     dev, bf = torch.device("cuda"), torch.bfloat16
@@ -103,24 +110,23 @@ def main() -> None:
                 blocks[proj] = launch
         print(f"tuned launches: {blocks}")
         variants += ["tuned", "tuned+pdl"]
-    for spec in filter(None, args.persistent.split(",")):
+    runs = {v: functools.partial(chain, v, layers=layers, hq=h * hd, blocks=blocks) for v in variants}
+    for spec, kw in persistent.items():  # one launch for all the layers
         from persistent_chain import PersistentChain
 
-        bo, bk, warps = spec.split(":")
-        blocks[f"persistent {spec}"] = PersistentChain(layers, EPS, h * hd, blocks=tuple(map(int, bo.split("."))),
-                                                       block_k=int(bk), num_warps=int(warps))
-        variants.append(f"persistent {spec}")
+        runs[f"persistent {spec}"] = PersistentChain(layers, EPS, h * hd, **kw)
+    variants = list(runs)
     finals, graphs, xs = {}, {}, {}
-    for v in variants:
+    for v, run in runs.items():
         xs[v] = x0.clone()
-        chain(v, xs[v], layers, h * hd, blocks)  # warm-up and compile
+        run(xs[v])  # warm-up and compile
         xs[v].copy_(x0)
-        chain(v, xs[v], layers, h * hd, blocks)
+        run(xs[v])
         finals[v] = xs[v].clone()
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            chain(v, xs[v], layers, h * hd, blocks)
+            run(xs[v])
         graphs[v] = g
     times = {v: [] for v in variants}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

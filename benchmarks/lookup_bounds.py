@@ -65,26 +65,27 @@ class Replay:
                     for j in range(pos - 1) if self.seq[j] == last), default=0)
 
 
-def run(r: Replay, k: int, c: float, verify: Callable[[list[tuple[int, int]]], bool],
-        acc: Callable[[int], tuple[int, int]]) -> float:
-    """Speed-up over greedy of a decode whose step verifies where ``verify(history)`` says so
-    (``history``: (accepted, n-gram) of every earlier step's draft, verified or not)."""
+def run(r: Replay, c: float, verify: Callable[[list[tuple[int, int]], tuple[int, int]], bool],
+        acc: Callable[[int], tuple[int, int]]) -> tuple[float, int]:
+    """(speed-up over greedy, steps) of a decode whose step verifies where ``verify(history, now)``
+    says so (``history``: (accepted, n-gram) of every earlier step's draft, verified or not; ``now``:
+    this step's, which only the oracle policy may look at)."""
     pos, cost, history = r.start, 0.0, []
     while pos < len(r.seq):
-        a, n = acc(pos)
-        if verify(history):
+        now = acc(pos)
+        if verify(history, now):
             cost += c
-            pos += min(a + 1, len(r.seq) - pos)
+            pos += min(now[0] + 1, len(r.seq) - pos)
         else:
             cost += 1
             pos += 1
-        history.append((a, n))
-    return (len(r.seq) - r.start) / cost
+        history.append(now)
+    return (len(r.seq) - r.start) / cost, len(history)
 
 
-def lagged(test: Callable[[tuple[int, int]], bool], lag: int) -> Callable[[list], bool]:
+def lagged(test: Callable[[tuple[int, int]], bool], lag: int) -> Callable[[list, tuple], bool]:
     """Verify when the step ``lag`` back passed ``test`` (and at the start)."""
-    return lambda h: len(h) < lag or test(h[-lag])
+    return lambda h, now: len(h) < lag or test(h[-lag])
 
 
 def main() -> None:
@@ -95,41 +96,35 @@ def main() -> None:
     ap.add_argument("--max-ngram", type=int, default=3)
     ap.add_argument("--lag", type=int, default=2, help="steps between a step and the host seeing its result")
     args = ap.parse_args()
+    try:
+        costs = [(int(k), float(c)) for k, c in (spec.split(":") for spec in args.cost.split(","))]
+    except ValueError:
+        ap.error(f"--cost {args.cost!r}: want k:c pairs, e.g. 3:1.72,7:2.57")
+    if any(k < 1 or c < 1 for k, c in costs):
+        ap.error("--cost: drafts k >= 1, and a verify step costs at least one decode step (c >= 1)")
     lm = decodekit.load(device="cpu", dtype="float32")
     prompt = encode_prompts(lm, "Summarise the following article.\n\n" + B.ARTICLE)[0]
     greedy = decodekit.generate(lm, [prompt], max_new_tokens=args.tokens)
     r = Replay(list(prompt), list(greedy.token_ids[0]), args.max_ngram)
     print(f"default model (cpu, fp32), summarisation prompt of {len(prompt)} tokens, greedy {len(r.seq) - r.start} "
           f"tokens; speed-up over greedy = tokens / cost in decode steps")
-    for spec in args.cost.split(","):
-        k, c = int(spec.split(":")[0]), float(spec.split(":")[1])
+    for k, c in costs:
         drafted = {pos: r.lookup(pos, k) for pos in range(r.start, len(r.seq))}
         best = {pos: (r.best_match(pos, k), 0) for pos in range(r.start, len(r.seq))}
+        always, steps = run(r, c, lambda h, now: True, drafted.get)
         rows = {
-            "always": run(r, k, c, lambda h: True, drafted.get),
-            "best match": run(r, k, c, lambda h: True, best.get),
-            f"lag {args.lag}, acc>=1": run(r, k, c, lagged(lambda s: s[0] >= 1, args.lag), drafted.get),
-            f"lag {args.lag}, acc>=2": run(r, k, c, lagged(lambda s: s[0] >= 2, args.lag), drafted.get),
-            f"lag {args.lag}, ngram>=2": run(r, k, c, lagged(lambda s: s[1] >= 2, args.lag), drafted.get),
-            "lag 1, acc>=1": run(r, k, c, lagged(lambda s: s[0] >= 1, 1), drafted.get),
+            "always": always,
+            "best match": run(r, c, lambda h, now: True, best.get)[0],
+            f"lag {args.lag}, acc>=1": run(r, c, lagged(lambda s: s[0] >= 1, args.lag), drafted.get)[0],
+            f"lag {args.lag}, acc>=2": run(r, c, lagged(lambda s: s[0] >= 2, args.lag), drafted.get)[0],
+            f"lag {args.lag}, ngram>=2": run(r, c, lagged(lambda s: s[1] >= 2, args.lag), drafted.get)[0],
+            "lag 1, acc>=1": run(r, c, lagged(lambda s: s[0] >= 1, 1), drafted.get)[0],
+            "oracle step": run(r, c, lambda h, now, c=c: now[0] + 1 > c, drafted.get)[0],  # verify where it pays
         }
-        pos, cost = r.start, 0.0  # the oracle step: verify exactly where it pays
-        while pos < len(r.seq):
-            a = drafted[pos][0]
-            cost, pos = (cost + c, pos + min(a + 1, len(r.seq) - pos)) if a + 1 > c else (cost + 1, pos + 1)
-        rows["oracle step"] = (len(r.seq) - r.start) / cost
-        tokens = (len(r.seq) - r.start) / sum(1 for _ in _steps(r, drafted))
+        tokens = (len(r.seq) - r.start) / steps
         print(f"k={k}, a verify step = {c:g} decode steps; always-verify tokens/step {tokens:.2f} (1.8x needs a "
               f"verify step <= {tokens / 1.8:.2f} decode steps): "
               + ", ".join(f"{name} {x:.2f}x" for name, x in rows.items()))
-
-
-def _steps(r: Replay, drafted: dict):
-    """The always-verify decode's steps (positions where a step starts)."""
-    pos = r.start
-    while pos < len(r.seq):
-        yield pos
-        pos += min(drafted[pos][0] + 1, len(r.seq) - pos)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from decodekit.fast.gemv import _gemv_rows
+from decodekit.fast.gemv import _gemv_inv_rms, _gemv_rows
 
 
 @triton.jit
@@ -50,19 +50,6 @@ def _wait(ctr, target):
     while seen < target:
         seen = tl.atomic_add(ctr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
-
-
-@triton.jit
-def _inv_rms(x, N, eps, s_x, K: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """[BN] each row's 1 / rms over its K columns."""
-    n = tl.arange(0, BN)
-    ss = tl.zeros([BN], tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + tl.arange(0, BK)
-        v = tl.load(x + n[:, None] * s_x + kk[None, :], mask=(n < N)[:, None] & (kk < K)[None, :], other=0.0,
-                    cache_modifier=".cg").to(tl.float32)
-        ss += tl.sum(v * v, 1)
-    return tl.rsqrt(ss / K + eps)
 
 
 @triton.jit
@@ -81,7 +68,7 @@ def _phase(a, g, w, out, ctr, target, N, eps, s_a, s_out, OUT: tl.constexpr, K: 
     _wait(ctr, target)
     r = tl.zeros([BN], tl.float32)
     if NORM:
-        r = _inv_rms(a, N, eps, s_a, K, BN, BK)
+        r = _gemv_inv_rms(a, n, nm, eps, s_a, K, BK, True)  # from L2: other programs wrote a
     for i in range(0, tl.cdiv(tl.cdiv(OUT, BO), P)):  # the program's blocks, P apart
         blk = pid + i * P
         o = blk * BO + tl.arange(0, BO)

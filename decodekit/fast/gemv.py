@@ -83,6 +83,19 @@ if triton is not None:
         return v.to(tl.float32)
 
     @triton.jit
+    def _gemv_inv_rms(a, n, nm, eps, s_a, K: tl.constexpr, BK: tl.constexpr, L2: tl.constexpr = False):
+        """``[BN]`` each row ``n``'s ``1 / sqrt(mean(a**2) + eps)`` over its ``K`` columns, in tiles of
+        ``BK`` (``L2``: as :func:`_gemv_rows`)."""
+        ss = tl.zeros(n.shape, tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + tl.arange(0, BK)
+            v = tl.load(a + n[:, None] * s_a + kk[None, :], mask=nm[:, None] & (kk < K)[None, :], other=0.0,
+                        cache_modifier=".cg" if L2 else "")
+            v = v.to(tl.float32)
+            ss += tl.sum(v * v, 1)
+        return tl.rsqrt(ss / K + eps)
+
+    @triton.jit
     def _gemv_store(acc, bias, out, n, nm, o, om, s_out, ADD: tl.constexpr, HAS_BIAS: tl.constexpr):
         """``out[n, o] (+)= acc [BN, BO] (+ bias[o])``: added in fp32, rounded once."""
         if HAS_BIAS:
@@ -121,14 +134,8 @@ if triton is not None:
             gdc_wait()
             gdc_launch_dependents()  # after the wait: a dependent's early part overlaps this kernel only
         r = tl.zeros([BN], tl.float32)
-        if NORM:  # each row's sum of squares over all of d (x is a few rows, L2-resident)
-            ss = tl.zeros([BN], tl.float32)
-            for k0 in range(0, K, BK):
-                kk = k0 + tl.arange(0, BK)
-                v = tl.load(a + n[:, None] * s_a + kk[None, :], mask=nm[:, None] & (kk < K)[None, :], other=0.0)
-                v = v.to(tl.float32)
-                ss += tl.sum(v * v, 1)
-            r = tl.rsqrt(ss / K + eps)
+        if NORM:  # each row's 1 / rms over all of d (x is a few rows, L2-resident)
+            r = _gemv_inv_rms(a, n, nm, eps, s_a, K, BK)
         km = k < K
         v = _gemv_rows(a, g, w, n, nm, k, km, r, s_a, K, NORM, ACT)  # [BN, BK], once per program
         prod = v[:, None, :] * wt.to(tl.float32)[None, :, :]  # [BN, BO, BK]; exact bf16 products
